@@ -39,6 +39,94 @@ def keys() -> None:
     """The key store: transport and signing keys (PROTOCOL.md §1)."""
 
 
+_KEYS_DIR = click.option(
+    "--dir", "keys_dir", required=True, type=click.Path(file_okay=False), help="Key-store folder."
+)
+_KEY_KIND = click.option(
+    "--kind", required=True, type=click.Choice(["transport", "signing"]), help="Which keys."
+)
+
+
+@keys.command("init")
+@_KEYS_DIR
+@fail_cleanly
+def keys_init(keys_dir: str) -> None:
+    """Make one transport and one signing key (EC P-384) in a new key store."""
+    from station.protocol.keys import KeyStore
+
+    for entry in KeyStore.init(keys_dir).entries:
+        click.echo(f"{entry.kind}\t{entry.kid}")
+
+
+@keys.command("jwks")
+@_KEYS_DIR
+@_KEY_KIND
+@fail_cleanly
+def keys_jwks(keys_dir: str, kind: str) -> None:
+    """Print the public JWKS of one kind of key."""
+    from station.protocol.keys import KeyStore
+
+    _echo_json(KeyStore.open(keys_dir).jwks(kind))
+
+
+@keys.command("rotate")
+@_KEYS_DIR
+@_KEY_KIND
+@fail_cleanly
+def keys_rotate(keys_dir: str, kind: str) -> None:
+    """Add a new active key; the old ones stay usable. Prints the new kid."""
+    from station.protocol.keys import KeyStore
+
+    click.echo(KeyStore.open(keys_dir).rotate(kind))
+
+
+@keys.command("retire")
+@_KEYS_DIR
+@click.argument("kid")
+@fail_cleanly
+def keys_retire(keys_dir: str, kid: str) -> None:
+    """Retire KID: a retired transport key no longer opens requests."""
+    from station.protocol.keys import KeyStore
+
+    KeyStore.open(keys_dir).retire(kid)
+    click.echo(f"retired {kid}")
+
+
+@cli.command()
+@click.option(
+    "--keys", "keys_dir", required=True, type=click.Path(file_okay=False), help="Key-store folder."
+)
+@click.argument("file", type=click.Path(dir_okay=False))
+@fail_cleanly
+def inspect(keys_dir: str, file: str) -> None:
+    """Open the request JWE in FILE: print its header and validated payload as JSON."""
+    from station.protocol.jose import inspect_request
+    from station.protocol.keys import KeyStore
+
+    compact = _read_text(file).strip()
+    _echo_json(inspect_request(compact, keystore=KeyStore.open(keys_dir)))
+
+
+def _echo_json(data: dict) -> None:
+    import json
+
+    click.echo(json.dumps(data, indent=2))
+
+
+MAX_INPUT_FILE = 1024 * 1024
+
+
+def _read_text(path: str) -> str:
+    """A small text file, or UsageError naming it."""
+    from station.errors import UsageError
+
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read(MAX_INPUT_FILE)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path} as an ASCII text file ({exc.__class__.__name__})") from exc
+
+
 # ---------------------------------------------------------------- virtual authenticator
 @cli.group()
 def virtual() -> None:
