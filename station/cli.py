@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
-from station.errors import StationError
+from station.errors import StationError, UsageError
 
 
 def fail_cleanly(func):
@@ -131,6 +132,55 @@ def _read_text(path: str) -> str:
 @cli.group()
 def virtual() -> None:
     """The virtual CTAP 2.1 authenticator used by CI and demos instead of hardware."""
+
+
+# --- virtual core (profiles, new, ca)
+def _as_station_error(func):
+    """station.virtual raises its own VirtualError (it imports nothing of the station)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from station.virtual.errors import VirtualError
+
+        try:
+            return func(*args, **kwargs)
+        except VirtualError as exc:
+            raise StationError(str(exc), code="virtual") from None
+
+    return wrapper
+
+
+@virtual.command("profiles")
+@fail_cleanly
+def virtual_profiles() -> None:
+    """The device models the virtual authenticator imitates, one per line."""
+    from station.virtual.profiles import PROFILES
+
+    for name in PROFILES:
+        click.echo(name)
+
+
+@virtual.command("new")
+@click.argument("statefile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", required=True, help="One of `station virtual profiles`.")
+@fail_cleanly
+@_as_station_error
+def virtual_new(statefile: Path, profile: str) -> None:
+    """Create a fresh, never-programmed virtual key in STATEFILE (never overwrites)."""
+    from station.virtual import new_virtual
+
+    with new_virtual(statefile, profile) as key:
+        click.echo(f"{statefile}: {key.profile.vendor} {key.profile.model}, serial {key.state.serial}")
+
+
+@virtual.command("ca")
+@fail_cleanly
+@_as_station_error
+def virtual_ca() -> None:
+    """Print the PEM of the TEST root that signs virtual attestation certificates."""
+    from station.virtual.attestation import ca_pem
+
+    click.echo(ca_pem(), nl=False)
 
 
 def main() -> None:

@@ -1,1 +1,63 @@
-"""station.virtual"""
+"""station.virtual: a software CTAP 2.1 authenticator that behaves like a YubiKey 5 or an HID
+Crescendo (issue 3). It imports nothing else of the station: it is an authenticator, as a
+YubiKey is, and reaches the station only as a python-fido2 `CtapDevice`.
+
+    key = new_virtual("key.json", "yubikey-5-nfc-5.7"); key.close()
+    device = open_virtual("key.json")               # transport "direct", "hid" or "pcsc"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fido2.ctap import CtapDevice
+
+from .authenticator import VirtualAuthenticator
+from .device import VirtualCtapDevice
+from .errors import KeyBusy, VirtualError
+from .presence import LatencyModel, PresencePolicy
+from .profiles import PROFILES, Profile
+
+TRANSPORTS = ("direct", "hid", "pcsc")
+
+
+def open_virtual(
+    statefile: str | Path,
+    *,
+    transport: str = "direct",
+    presence: PresencePolicy | None = None,
+    latency: LatencyModel | None = None,
+) -> CtapDevice:
+    """Power up the key in `statefile` and return it as a CtapDevice over `transport`."""
+    if transport not in TRANSPORTS:
+        raise VirtualError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
+    authenticator = VirtualAuthenticator.open(Path(statefile), presence=presence, latency=latency)
+    if transport == "hid":
+        from .hid import open_hid
+
+        return open_hid(authenticator)
+    if transport == "pcsc":
+        from .apdu import open_pcsc
+
+        return open_pcsc(authenticator)
+    return VirtualCtapDevice(authenticator)
+
+
+def new_virtual(statefile: str | Path, profile: str, **kw: Any) -> VirtualAuthenticator:
+    """A fresh, never-programmed key (see VirtualAuthenticator.create); returned open."""
+    return VirtualAuthenticator.create(Path(statefile), profile, **kw)
+
+
+__all__ = [
+    "PROFILES",
+    "KeyBusy",
+    "LatencyModel",
+    "PresencePolicy",
+    "Profile",
+    "VirtualAuthenticator",
+    "VirtualCtapDevice",
+    "VirtualError",
+    "new_virtual",
+    "open_virtual",
+]

@@ -1,0 +1,79 @@
+"""Transport (a), "direct": the virtual authenticator as a python-fido2 `CtapDevice`."""
+
+from __future__ import annotations
+
+from threading import Event
+from typing import Callable, Iterator
+
+from fido2.ctap import STATUS, CtapDevice, CtapError
+from fido2.hid import CAPABILITY, CTAPHID
+
+from .authenticator import VirtualAuthenticator
+
+
+#: YubiKey vendor CTAPHID command READ_CONFIG (0xC2 on the wire; python-fido2 command numbers
+#: omit the 0x80 bit), how yubikit reads the management config over FIDO.
+CTAP_READ_CONFIG = CTAPHID.VENDOR_FIRST + 2
+
+
+class VirtualCtapDevice(CtapDevice):
+    """Calls `VirtualAuthenticator.process` in-process, as CTAPHID_CBOR would (no U2F/CTAP1).
+
+    Like python-fido2's CtapHidDevice it has `device_version`, and a YubiKey profile answers
+    the vendor command READ_CONFIG, so yubikit's ManagementSession reads its serial over it.
+    """
+
+    def __init__(self, authenticator: VirtualAuthenticator) -> None:
+        self.authenticator = authenticator
+
+    @property
+    def device_version(self) -> tuple[int, int, int]:
+        """The firmware version, as CTAPHID_INIT reports it."""
+        return self.authenticator.profile.firmware
+
+    @property
+    def capabilities(self) -> int:
+        return CAPABILITY.CBOR | CAPABILITY.WINK | CAPABILITY.NMSG
+
+    def call(
+        self,
+        cmd: int,
+        data: bytes = b"",
+        event: Event | None = None,
+        on_keepalive: Callable[[STATUS], None] | None = None,
+    ) -> bytes:
+        """CTAPHID_CBOR → process(); WINK → wink(); READ_CONFIG (YubiKey) → management_config();
+        anything else CtapError INVALID_COMMAND."""
+        if cmd == CTAPHID.CBOR:
+            return self.authenticator.process(data, keepalive=_once_per_status(on_keepalive), cancel=event)
+        if cmd == CTAPHID.WINK:
+            self.authenticator.wink()
+            return b""
+        if cmd == CTAP_READ_CONFIG and self.authenticator.profile.serial_source == "yubikit":
+            return self.authenticator.management_config(data[0] if data else 0)
+        raise CtapError(CtapError.ERR.INVALID_COMMAND)
+
+    def close(self) -> None:
+        self.authenticator.close()
+
+    def __repr__(self) -> str:
+        return f"VirtualCtapDevice({self.authenticator!r})"
+
+    @classmethod
+    def list_devices(cls) -> Iterator[CtapDevice]:
+        """Virtual keys are opened by state file, never discovered."""
+        return iter(())
+
+
+def _once_per_status(on_keepalive: Callable[[STATUS], None] | None) -> Callable[[int], None] | None:
+    """python-fido2 calls on_keepalive once per run of the same status; so do we."""
+    if on_keepalive is None:
+        return None
+    last: list[int] = []
+
+    def keepalive(status: int) -> None:
+        if not last or last[0] != status:
+            last[:] = [status]
+            on_keepalive(STATUS(status))
+
+    return keepalive

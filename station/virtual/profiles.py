@@ -1,0 +1,194 @@
+"""The device models the virtual authenticator imitates.
+
+Each `Profile` is what a real key of that model reports in authenticatorGetInfo, plus how the
+station reads its serial number and firmware version (yubikit's management interface for a
+YubiKey, GlobalPlatform CPLC for a Crescendo).
+
+Sources and assumptions:
+- AAGUIDs are copied from station/data/aaguids.json (public FIDO metadata via yubi.co/aaguids and
+  Microsoft's FIDO2 hardware vendor table).
+- YubiKey 5 NFC 5.7 / 5.4 getInfo (versions, options, maxMsgSize 1280/1200, 8 credentials in a
+  list, credential ID up to 128 bytes, 100/25 discoverable credentials, PIN protocols [2, 1] /
+  [1], ES256 + EdDSA) follows what `ykman fido info` shows on those firmwares as far as public
+  reports go. largeBlobs / credBlob / largeBlobKey, which 5.7 also offers, are NOT advertised
+  because this authenticator does not implement them.
+- Crescendo 4000 and Crescendo Key: no public getInfo dump was found. ASSUMED: FIDO_2_0 +
+  FIDO_2_1 with authenticatorConfig, PIN protocols [2, 1], ES256 only, 25 discoverable
+  credentials, firmware 1.0.0 (Crescendo 4000) / 2.0.0 (Crescendo Key), Crescendo Key USB product
+  id 0x0028 under HID Global's vendor id 0x09C3, and a generic PC/SC part 3 contactless ATR.
+- The YubiKey ATR is the contactless one a YubiKey 5 NFC presents to a PC/SC reader.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from fido2.cose import ES256, EdDSA
+
+#: Options every profile reports (when present in `Profile.options`) with a fixed value.
+STATIC_OPTIONS = (
+    "rk",
+    "up",
+    "plat",
+    "credMgmt",
+    "credentialMgmtPreview",
+    "authnrCfg",
+    "setMinPINLength",
+    "pinUvAuthToken",
+)
+
+
+@dataclass(frozen=True)
+class UsbIdentity:
+    """The USB descriptor a CTAPHID transport presents."""
+
+    vid: int
+    pid: int
+    product: str
+
+
+def contactless_atr(historical: bytes) -> bytes:
+    """An ISO 14443-4 card ATR as PC/SC part 3 builds it: 3B 8n 80 01 <historical> TCK."""
+    body = bytes([0x80 | len(historical), 0x80, 0x01]) + historical
+    tck = 0
+    for b in body:
+        tck ^= b
+    return b"\x3b" + body + bytes([tck])
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A device model: what its authenticatorGetInfo says and how it is identified."""
+
+    name: str
+    vendor: str  # "Yubico" | "HID Global"
+    model: str
+    aaguid: bytes
+    firmware: tuple[int, int, int]
+    versions: tuple[str, ...]
+    options: frozenset[str]  # the STATIC_OPTIONS this model reports as true
+    extensions: tuple[str, ...]
+    algorithms: tuple[int, ...]  # COSE algorithm identifiers, preferred first
+    transports: tuple[str, ...]
+    usb: UsbIdentity | None
+    pcsc: bool
+    atr: bytes
+    serial_source: str | None  # "yubikit" | "cplc" | None
+    pin_uv_protocols: tuple[int, ...] = (2, 1)
+    min_pin_length: int = 4
+    max_discoverable: int = 25
+    max_msg_size: int = 1200
+    max_creds_in_list: int = 8
+    max_cred_id_length: int = 128
+    max_rpids_for_min_pin: int = 1
+    enterprise_attestation: bool = False  # "ep" option present (authenticatorConfig enables it)
+    form_factor: int = 1  # yubikit FORM_FACTOR.USB_A_KEYCHAIN
+
+    @property
+    def force_pin_change(self) -> bool:
+        """Whether setMinPINLength with forceChangePin is available (needs authnrCfg)."""
+        return "authnrCfg" in self.options and "setMinPINLength" in self.options
+
+    @property
+    def ctap21(self) -> bool:
+        """FIDO_2_1 semantics: permissions on pinUvAuthTokens (option pinUvAuthToken)."""
+        return "pinUvAuthToken" in self.options
+
+    @property
+    def firmware_int(self) -> int:
+        """getInfo firmwareVersion: major << 16 | minor << 8 | patch, as YubiKeys encode it."""
+        major, minor, patch = self.firmware
+        return major << 16 | minor << 8 | patch
+
+
+def _aaguid(text: str) -> bytes:
+    return uuid.UUID(text).bytes
+
+
+_YUBICO_ATR = contactless_atr(bytes.fromhex("8073C021C057597562694B6579"))
+_GENERIC_ATR = contactless_atr(b"")
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="yubikey-5-nfc-5.7",
+            vendor="Yubico",
+            model="YubiKey 5 NFC",
+            aaguid=_aaguid("a25342c0-3cdc-4414-8e46-f4807fca511c"),
+            firmware=(5, 7, 1),
+            versions=("U2F_V2", "FIDO_2_0", "FIDO_2_1_PRE", "FIDO_2_1"),
+            options=frozenset(
+                {"rk", "up", "plat", "credMgmt", "credentialMgmtPreview", "authnrCfg",
+                 "setMinPINLength", "pinUvAuthToken"}
+            ),
+            extensions=("credProtect", "hmac-secret", "minPinLength"),
+            algorithms=(ES256.ALGORITHM, EdDSA.ALGORITHM),
+            transports=("nfc", "usb"),
+            usb=UsbIdentity(0x1050, 0x0407, "YubiKey OTP+FIDO+CCID"),
+            pcsc=True,
+            atr=_YUBICO_ATR,
+            serial_source="yubikit",
+            max_discoverable=100,
+            max_msg_size=1280,
+            enterprise_attestation=True,
+        ),
+        Profile(
+            name="yubikey-5-nfc-5.4",
+            vendor="Yubico",
+            model="YubiKey 5 NFC",
+            aaguid=_aaguid("2fc0579f-8113-47ea-b116-bb5a8db9202a"),
+            firmware=(5, 4, 3),
+            versions=("U2F_V2", "FIDO_2_0", "FIDO_2_1_PRE"),
+            options=frozenset({"rk", "up", "plat", "credentialMgmtPreview"}),
+            extensions=("credProtect", "hmac-secret"),
+            algorithms=(ES256.ALGORITHM, EdDSA.ALGORITHM),
+            transports=("nfc", "usb"),
+            usb=UsbIdentity(0x1050, 0x0407, "YubiKey OTP+FIDO+CCID"),
+            pcsc=True,
+            atr=_YUBICO_ATR,
+            serial_source="yubikit",
+            pin_uv_protocols=(1,),
+            max_discoverable=25,
+            max_msg_size=1200,
+        ),
+        Profile(
+            name="crescendo-4000",
+            vendor="HID Global",
+            model="HID Crescendo 4000",
+            aaguid=_aaguid("0b8b05a4-ebd4-4b0b-8f5f-33d7b6e606ab"),
+            firmware=(1, 0, 0),
+            versions=("FIDO_2_0", "FIDO_2_1"),
+            options=frozenset(
+                {"rk", "up", "plat", "credMgmt", "authnrCfg", "setMinPINLength", "pinUvAuthToken"}
+            ),
+            extensions=("credProtect", "hmac-secret", "minPinLength"),
+            algorithms=(ES256.ALGORITHM,),
+            transports=("nfc",),
+            usb=None,
+            pcsc=True,
+            atr=_GENERIC_ATR,
+            serial_source="cplc",
+            form_factor=0,
+        ),
+        Profile(
+            name="crescendo-key",
+            vendor="HID Global",
+            model="HID Crescendo Key",
+            aaguid=_aaguid("692db549-7ae5-44d5-a1e5-dd20a493b723"),
+            firmware=(2, 0, 0),
+            versions=("FIDO_2_0", "FIDO_2_1"),
+            options=frozenset(
+                {"rk", "up", "plat", "credMgmt", "authnrCfg", "setMinPINLength", "pinUvAuthToken"}
+            ),
+            extensions=("credProtect", "hmac-secret", "minPinLength"),
+            algorithms=(ES256.ALGORITHM,),
+            transports=("usb",),
+            usb=UsbIdentity(0x09C3, 0x0028, "HID Crescendo Key"),
+            pcsc=True,
+            atr=_GENERIC_ATR,
+            serial_source="cplc",
+        ),
+    )
+}
