@@ -183,6 +183,43 @@ def virtual_ca() -> None:
     click.echo(ca_pem(), nl=False)
 
 
+# ---------------------------------------------------------------- fulfillment service (serve, tokens)
+_DB_OPTION = click.option(
+    "--db", "db_url", default=None,
+    help="sqlite:///FILE or postgresql://USER@HOST/DB (default: $STATION_DB or ./var/station.db).",
+)
+
+
+@cli.command()
+@_DB_OPTION
+@click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False), help="Key-store folder.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@fail_cleanly
+def serve(db_url: str | None, keys_dir: str, host: str, port: int) -> None:
+    """Run the fulfillment service (PROTOCOL.md §4 and the station API) until interrupted."""
+    from station.fulfillment.api import serve as serve_api
+
+    serve_api(db_url, keys_dir, host=host, port=port)
+
+
+@cli.group()
+def tokens() -> None:
+    """Bearer tokens of the fulfillment service."""
+
+
+@tokens.command("create")
+@_DB_OPTION
+@click.option("--role", required=True, type=click.Choice(["customer", "station"]))
+@click.option("--name", required=True, help="The customer (its shipments) or the station (the audit).")
+@fail_cleanly
+def tokens_create(db_url: str | None, role: str, name: str) -> None:
+    """Print a new bearer token (only its hash is stored: keep it now)."""
+    from station.fulfillment.store import create_token
+
+    click.echo(create_token(db_url, role, name))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
