@@ -183,6 +183,30 @@ def virtual_ca() -> None:
     click.echo(ca_pem(), nl=False)
 
 
+# --- virtual transports (serve)
+def _host_port(ctx, param, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+@virtual.command("serve")
+@click.argument("statefile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--vpcd", default="127.0.0.1:35963", show_default=True, callback=_host_port,
+              help="Where pcscd's vsmartcard vpcd reader listens.")
+@click.option("--presence", default="approve", show_default=True,
+              help="How the simulated user answers a touch: approve | delay:SECONDS | never.")
+@fail_cleanly
+@_as_station_error
+def virtual_serve(statefile: Path, vpcd: tuple[str, int], presence: str) -> None:
+    """Insert the key in STATEFILE as a card into pcscd's virtual reader until interrupted."""
+    from station.virtual.vpcd import serve_until_signalled
+
+    host, port = vpcd
+    serve_until_signalled(statefile, host=host, port=port, presence=presence, announce=click.echo)
+
+
 # ---------------------------------------------------------------- fulfillment service (serve, tokens)
 _DB_OPTION = click.option(
     "--db", "db_url", default=None,
