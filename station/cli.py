@@ -207,6 +207,68 @@ def virtual_serve(statefile: Path, vpcd: tuple[str, int], presence: str) -> None
     serve_until_signalled(statefile, host=host, port=port, presence=presence, announce=click.echo)
 
 
+# ---------------------------------------------------------------- devices, fulfill, reset (provisioning)
+def _virtual_transport_option(func):
+    return click.option(
+        "--virtual-transport", type=click.Choice(["direct", "hid", "pcsc"]), default="direct",
+        show_default=True, help="How a virtual: key is reached (python-fido2 CtapHidDevice or CtapPcscDevice over it).",
+    )(func)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@fail_cleanly
+def devices(as_json: bool) -> None:
+    """Every attached authenticator (USB-HID and PC/SC)."""
+    from station.console import print_devices
+    from station.device.discovery import list_devices
+
+    found = list_devices()
+    try:
+        print_devices(found, as_json=as_json)
+    finally:
+        for device in found:
+            device.close()
+
+
+@cli.command()
+@click.option("--device", "spec", required=True, help="auto, hid[:PATH], pcsc[:READER] or virtual:STATEFILE")
+@click.option("--yes", is_flag=True, help="Confirm: every credential and the PIN are erased.")
+@_virtual_transport_option
+@fail_cleanly
+def reset(spec: str, yes: bool, virtual_transport: str) -> None:
+    """Factory-reset an authenticator (within 10 s of plugging it in, with a touch)."""
+    from station.console import err_console
+    from station.provision.reset import reset_device
+
+    if not yes:
+        raise UsageError("reset erases the key: add --yes to confirm")
+    label = reset_device(spec, virtual_transport=virtual_transport,
+                         on_touch=lambda d: err_console.print(f"[bold yellow]Touch the key to reset it:[/] {d.label}"))
+    err_console.print(f"[green]reset:[/] {label} is fresh again")
+
+
+@cli.command()
+@click.argument("shipment_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--device", "spec", required=True, help="auto, hid[:PATH], pcsc[:READER], virtual:STATEFILE or virtual:FOLDER/")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", help="With virtual:FOLDER/: the profile of the fresh key made per item.")
+@click.option("--roots", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A folder of extra attestation roots (PEM) for models whose anchors are not public.")
+@click.option("--trust-test-ca", is_flag=True, help="Trust the virtual authenticator's TEST CA (testing only; implied by virtual: devices).")
+@_virtual_transport_option
+@fail_cleanly
+def fulfill(shipment_file: Path, keys_dir: Path, spec: str, out_file: Path, profile: str | None,
+            roots: Path | None, trust_test_ca: bool, virtual_transport: str) -> None:
+    """Program one key per item of a shipment body and write the product_data (exit 1 if any item failed)."""
+    from station.provision.shipment import fulfill_files
+
+    ok = fulfill_files(shipment_file=shipment_file, keys_dir=keys_dir, spec=spec, out_file=out_file,
+                       profile=profile, roots=roots, trust_test_ca=trust_test_ca, virtual_transport=virtual_transport)
+    sys.exit(0 if ok else 1)
+
+
 # ---------------------------------------------------------------- fulfillment service (serve, tokens)
 _DB_OPTION = click.option(
     "--db", "db_url", default=None,

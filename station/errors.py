@@ -13,6 +13,8 @@ class StationError(Exception):
     """Base of every error the station raises on purpose."""
 
     code: str = "station_error"
+    #: set when the failure came after the key was written to: it must be reset before reuse
+    key_touched: bool = False
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)

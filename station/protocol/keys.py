@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
+from jwcrypto.common import JWException
 from jwcrypto.jwk import JWK
 
 from station.errors import DecryptFailed, KeyStoreError
+from station.fsutil import atomic_write
 
 METADATA_FILE = "keys.json"
 _FILE_MODE = 0o600
@@ -166,7 +167,7 @@ class KeyStore:
         alg = self.SIGNING_ALG if kind == self.KIND.SIGNING else None
         key = _generate(kind, self.USE[kind], alg)
         kid = key["kid"]
-        _write_atomic(self.path / f"{kid}.jwk", key.export_private().encode("utf-8"))
+        atomic_write(self.path / f"{kid}.jwk", key.export_private().encode("utf-8"), mode=_FILE_MODE)
         self._entries.append(self.Entry(kid=kid, kind=kind.value, status="active", created=_now()))
         self._save_metadata()
         self._private[kid] = key
@@ -176,13 +177,13 @@ class KeyStore:
         if kid not in self._private:
             try:
                 self._private[kid] = JWK.from_json((self.path / f"{kid}.jwk").read_text("utf-8"))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, JWException) as exc:
                 raise KeyStoreError(f"the key file of {kid} in {self.path} is unreadable") from exc
         return self._private[kid]
 
     def _save_metadata(self) -> None:
         document = {"version": 1, "keys": [asdict(e) for e in self._entries]}
-        _write_atomic(self.path / METADATA_FILE, json.dumps(document, indent=2).encode("utf-8"))
+        atomic_write(self.path / METADATA_FILE, json.dumps(document, indent=2).encode("utf-8"), mode=_FILE_MODE)
 
 
 def _generate(kind: KeyStore.KIND, use: str, alg: str | None) -> JWK:
@@ -193,26 +194,6 @@ def _generate(kind: KeyStore.KIND, use: str, alg: str | None) -> JWK:
     if alg:
         members["alg"] = alg
     return JWK(**members)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` mode 0600: temp file in the same folder, fsync, os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _now() -> str:

@@ -1,0 +1,94 @@
+"""What the station shows a technician (rich), kept out of cli.py so commands stay one-liners."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from station.device.discovery import Device
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+def touch_prompt(device: Device) -> None:
+    """Printed when a key waits for user presence (CTAPHID keepalive UPNEEDED)."""
+    err_console.print(f"[bold yellow]Touch the key[/] {device.label}")
+
+
+def devices_table(devices: list[Device]) -> Table:
+    table = Table(title=f"{len(devices)} authenticator(s)")
+    for column in ("transport", "path", "model", "AAGUID", "firmware", "serial", "PIN", "CTAP", "force PIN change"):
+        table.add_column(column)
+    for d in devices:
+        serial = d.identity.serial or f"[dim]none ({d.identity.serial_note})[/]"
+        table.add_row(
+            d.transport, d.path, d.model, str(d.aaguid), d.identity.firmware or "?", serial,
+            "set" if d.pin_set else "none", ", ".join(d.versions), "yes" if d.can_force_pin_change else "no",
+        )
+    return table
+
+
+def print_devices(devices: list[Device], *, as_json: bool) -> None:
+    if as_json:
+        json.dump([d.as_json() for d in devices], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif devices:
+        out_console.print(devices_table(devices))
+    else:
+        out_console.print("No authenticator attached. Insert a key (USB) or place a card on a PC/SC reader.")
+
+
+def item_line(report) -> None:
+    """One line per fulfilled or failed shipment item."""
+    if report.ok:
+        err_console.print(f"[green]item {report.index + 1}: fulfilled[/] on {report.device}")
+        return
+    err_console.print(f"[bold red]item {report.index + 1}: {report.error_code}[/] {report.error_message}")
+    if report.key_touched:
+        err_console.print(f"[red]  that key was written to: reset it (station reset) before reuse, or set it aside[/]")
+
+
+_EVENT_TEXT = {
+    "waiting_key": "[dim]slot {slot}: waiting for a key[/]",
+    "queue_empty": "[dim]slot {slot}: the queue is empty[/]",
+    "claimed": "slot {slot}: item {item} of shipment {shipment} on {model} #{serial}",
+    "touch": "[bold yellow]slot {slot}: touch the key[/] {device}",
+    "fulfilled": "[green]slot {slot}: item {item} fulfilled[/] ({elapsed} s)",
+    "failed": "[bold red]slot {slot}: item {item} failed: {error_code}[/] {message}",
+    "remove_key": "[bold]slot {slot}: remove the key[/] {device}",
+    "not_fresh": "[bold red]slot {slot}: {message}[/] (item {item} went back to the queue)",
+    "abandoned": "[yellow]slot {slot}: item {item} given back untouched[/]",
+    "interrupted_key": "[bold red]{message}[/]",
+    "resubmitted": "item {item}: sealed result from before a restart resubmitted",
+    "service_error": "[red]service: {message}[/]",
+    "conflict": "[red]item {item}: the service holds another result ({message})[/]",
+    "stopping": "[yellow]{signal}: finishing the current item, then stopping[/]",
+    "fatal": "[bold red]slot {slot}: {message}[/]",
+}
+
+
+def event_printer(*, as_json: bool):
+    """The daemon's events as readable lines on stderr, or JSON lines on stdout (`--json`)."""
+
+    def show(event: dict) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+            return
+        template = _EVENT_TEXT.get(event.get("kind"))
+        if template:
+            text = template.format_map(_Defaults({k: ("" if v is None else v) for k, v in event.items()}))
+            if event.get("key_touched"):
+                text += " [red]— that key was written to: reset it before reuse[/]"
+            err_console.print(text)
+
+    return show
+
+
+class _Defaults(dict):
+    def __missing__(self, key):
+        return ""

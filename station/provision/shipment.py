@@ -1,0 +1,180 @@
+"""A whole shipment body (PROTOCOL.md §4) → product_data, one key per item, in order.
+
+This is `station fulfill`: the one-shot form of what the station daemon does item by item. A
+device source hands out the key for each item; every item ends either with its sealed responses
+or with `{error_code, error_message}`, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from station.device.discovery import Device, check_spec, new_virtual_key, open_device
+from station.errors import DeviceError, StationError, UsageError
+from station.protocol.keys import KeyStore
+from station.protocol.messages import ShipmentRequest
+from station.provision.genuine import TrustStore
+from station.provision.item import StepCallback, provision_item
+
+#: A device source: item index → a context manager yielding the open Device for that item.
+DeviceSource = Callable[[int], AbstractContextManager[Device]]
+
+
+@dataclass
+class ItemReport:
+    """What happened to one item, for the console (no secrets)."""
+
+    index: int
+    device: str | None
+    ok: bool
+    error_code: str | None = None
+    error_message: str | None = None
+    key_touched: bool = False
+    serial: str | None = None
+
+
+@dataclass
+class ShipmentResult:
+    output: dict  # {"shipment_items": [{"product_data": [...]}]}
+    reports: list[ItemReport] = field(default_factory=list)
+
+    @property
+    def all_fulfilled(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+
+class _Opened(AbstractContextManager):
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def __enter__(self) -> Device:
+        return self.device
+
+    def __exit__(self, *exc) -> None:
+        self.device.close()
+
+
+def spec_source(spec: str, *, profile: str | None = None, virtual_transport: str = "direct",
+                before_item: Callable[[int], None] | None = None) -> DeviceSource:
+    """The device source of a --device SPEC. `virtual:FOLDER/` makes a fresh virtual key per item
+    in FOLDER (of `profile`); any other spec opens the one key it names for each item, after
+    `before_item` (the CLI asks the technician to insert the next key there)."""
+    kind, arg = check_spec(spec)
+    if kind == "virtual" and arg.endswith("/"):
+        if not profile:
+            raise UsageError("virtual:FOLDER/ makes a fresh key per item: name its --profile")
+        folder = Path(arg)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def fresh(index: int) -> AbstractContextManager[Device]:
+            spec = new_virtual_key(folder / f"item-{index + 1:03d}.json", profile)
+            return _Opened(open_device(spec, virtual_transport=virtual_transport))
+
+        return fresh
+
+    def named(index: int) -> AbstractContextManager[Device]:
+        if before_item:
+            before_item(index)
+        return _Opened(open_device(spec, virtual_transport=virtual_transport))
+
+    return named
+
+
+def fulfill_shipment(
+    shipment: ShipmentRequest,
+    *,
+    devices: DeviceSource,
+    keystore: KeyStore,
+    trust: TrustStore,
+    now: datetime | None = None,
+    on_touch: Callable[[Device], None] | None = None,
+    on_step: Callable[[int, str, dict], None] | None = None,
+    event: threading.Event | None = None,
+) -> ShipmentResult:
+    """Program one key per shipment item; collect product_data or the item's error."""
+    result = ShipmentResult(output={"shipment_items": []})
+    for index, customization in _customizations(shipment):
+        report = ItemReport(index=index, device=None, ok=False)
+        step: StepCallback = (lambda name, data, i=index: on_step(i, name, data)) if on_step else None
+        try:
+            try:
+                opened = devices(index)
+            except UsageError as exc:  # no key to program: this item fails, the others go on
+                raise DeviceError(f"no key for this item: {exc.message}") from None
+            with opened as device:
+                report.device = device.label
+                report.serial = device.identity.serial
+                provisioned = provision_item(
+                    device=device,
+                    pin_request_jwe=customization.fido_pin_request,
+                    credential_request_jwes=list(customization.fido_credential_requests),
+                    keystore=keystore,
+                    trust=trust,
+                    now=now,
+                    on_touch=(lambda d=device: on_touch(d)) if on_touch else None,
+                    on_step=step,
+                    event=event,
+                )
+            entry = provisioned.product_data
+            report.ok = True
+        except StationError as exc:
+            entry = {"error_code": exc.code, "error_message": exc.message}
+            report.error_code, report.error_message = exc.code, exc.message
+            report.key_touched = getattr(exc, "key_touched", False)
+        result.output["shipment_items"].append({"product_data": [entry]})
+        result.reports.append(report)
+    return result
+
+
+def _customizations(shipment: ShipmentRequest) -> Iterator[tuple[int, object]]:
+    """Each item's one product customization (product_quantity is 1, PROTOCOL.md §4)."""
+    for index, item in enumerate(shipment.shipment_items):
+        yield index, item.product_customizations[0]
+
+
+def fulfill_files(
+    *,
+    shipment_file: Path,
+    keys_dir: Path,
+    spec: str,
+    out_file: Path,
+    profile: str | None = None,
+    roots: Path | None = None,
+    trust_test_ca: bool = False,
+    virtual_transport: str = "direct",
+) -> bool:
+    """`station fulfill`: read the shipment body, program the keys, write OUT atomically.
+    True when every item was fulfilled."""
+    import json
+
+    from pydantic import ValidationError
+
+    from station.console import item_line, touch_prompt
+    from station.errors import InvalidRequest
+    from station.fsutil import atomic_write
+    from station.protocol.messages import describe_validation_error
+
+    try:
+        body = json.loads(Path(shipment_file).read_bytes())
+    except FileNotFoundError:
+        raise UsageError(f"{shipment_file}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{shipment_file} is not JSON ({exc})") from None
+    try:
+        shipment = ShipmentRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidRequest(f"{shipment_file}: {describe_validation_error(exc)}") from None
+    keystore = KeyStore.open(keys_dir)
+    testing = trust_test_ca or spec.startswith("virtual:")
+    trust = TrustStore.default(operator_roots=roots, trust_test_ca=testing)
+    devices = spec_source(spec, profile=profile, virtual_transport=virtual_transport)
+    result = fulfill_shipment(shipment, devices=devices, keystore=keystore, trust=trust, on_touch=touch_prompt)
+    for report in result.reports:
+        item_line(report)
+    atomic_write(Path(out_file), json.dumps(result.output, indent=2).encode() + b"\n", mode=0o644)
+    return result.all_fulfilled

@@ -1,0 +1,120 @@
+"""`station fulfill`, `station reset` and `station devices` as a script or a technician calls them."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta, timezone
+
+from click.testing import CliRunner
+
+from station.cli import cli
+from station.customer.orders import shipment_body
+from station.protocol.jose import open_response
+
+
+def write_shipment(tmp_path, items) -> str:
+    path = tmp_path / "shipment.json"
+    path.write_text(json.dumps(shipment_body(items)))
+    return str(path)
+
+
+def test_fulfill_makes_a_fresh_virtual_key_per_item_and_writes_product_data(tmp_path, keystore, order):
+    items = [order("graph"), order("okta")]
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(cli, [
+        "fulfill", write_shipment(tmp_path, items), "--keys", str(keystore.path), "--device",
+        f"virtual:{tmp_path}/vkeys/", "--profile", "yubikey-5-nfc-5.7", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert len(data["shipment_items"]) == 2
+    serials = set()
+    for item, sealed in zip(data["shipment_items"], items):
+        product = item["product_data"][0]
+        serials.add(product["serial_number"])
+        pin = open_response(product["fido_pin_response"], response_private_key=sealed.response_key,
+                            signing_jwks=keystore.jwks("signing"), request_jwe=sealed.pin_request_jwe)
+        assert pin.serial_number == product["serial_number"]
+        assert pin.pin not in result.output
+    assert len(serials) == 2  # one key per item
+    assert sorted(p.name for p in (tmp_path / "vkeys").iterdir()) == ["item-001.json", "item-002.json"]
+
+
+def test_fulfill_reports_a_failed_item_and_exits_1(tmp_path, keystore, order):
+    items = [order("okta"), order("okta", not_after=datetime.now(timezone.utc) - timedelta(hours=1))]
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(cli, [
+        "fulfill", write_shipment(tmp_path, items), "--keys", str(keystore.path), "--device",
+        f"virtual:{tmp_path}/vkeys/", "--profile", "yubikey-5-nfc-5.7", "--out", str(out)])
+    assert result.exit_code == 1
+    data = json.loads(out.read_text())
+    assert "fido_pin_response" in data["shipment_items"][0]["product_data"][0]
+    assert data["shipment_items"][1]["product_data"][0]["error_code"] == "expired"
+    assert "Traceback" not in result.output
+
+
+def test_fulfill_on_one_named_key_refuses_the_second_item_as_not_fresh(tmp_path, keystore, order):
+    from station.virtual import new_virtual
+
+    new_virtual(tmp_path / "one.json", "yubikey-5-nfc-5.7").close()
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(cli, [
+        "fulfill", write_shipment(tmp_path, [order("okta"), order("okta")]), "--keys", str(keystore.path),
+        "--device", f"virtual:{tmp_path / 'one.json'}", "--out", str(out)])
+    assert result.exit_code == 1
+    codes = [i["product_data"][0].get("error_code") for i in json.loads(out.read_text())["shipment_items"]]
+    assert codes == [None, "device_not_fresh"]
+
+
+def test_fulfill_refuses_a_bad_shipment_file_with_one_line(tmp_path, keystore):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"delivery_type": 1}')
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(cli, ["fulfill", str(bad), "--keys", str(keystore.path), "--device", "virtual:x/",
+                                      "--profile", "yubikey-5-nfc-5.7", "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.output.startswith("invalid_request: ") and "Traceback" not in result.output
+    assert not out.exists()
+    bad.write_text("not json")
+    result = CliRunner().invoke(cli, ["fulfill", str(bad), "--keys", str(keystore.path), "--device", "virtual:x/",
+                                      "--profile", "yubikey-5-nfc-5.7", "--out", str(out)])
+    assert result.exit_code == 1 and result.output.startswith("invalid_request: ")
+
+
+def test_fulfill_needs_a_profile_for_a_folder_and_an_existing_key_file(tmp_path, keystore, order):
+    shipment = write_shipment(tmp_path, [order("okta")])
+    out = str(tmp_path / "out.json")
+    result = CliRunner().invoke(cli, ["fulfill", shipment, "--keys", str(keystore.path), "--device", f"virtual:{tmp_path}/k/", "--out", out])
+    assert result.exit_code == 1 and result.output.startswith("usage: ") and "--profile" in result.output
+    result = CliRunner().invoke(cli, ["fulfill", shipment, "--keys", str(keystore.path), "--device", f"virtual:{tmp_path}/none.json", "--out", out])
+    assert result.exit_code == 1 and "station virtual new" in result.output
+    result = CliRunner().invoke(cli, ["fulfill", shipment, "--keys", str(keystore.path), "--device", "floppy:0", "--out", out])
+    assert result.exit_code == 1 and result.output.startswith("usage: unknown device spec")
+
+
+def test_reset_needs_yes_and_then_makes_a_programmed_key_fresh(tmp_path, keystore, order):
+    from station.device.discovery import open_device
+    from station.virtual import new_virtual
+
+    statefile = tmp_path / "k.json"
+    new_virtual(statefile, "yubikey-5-nfc-5.7").close()
+    out = tmp_path / "out.json"
+    CliRunner().invoke(cli, ["fulfill", write_shipment(tmp_path, [order("okta")]), "--keys", str(keystore.path),
+                             "--device", f"virtual:{statefile}", "--out", str(out)])
+    result = CliRunner().invoke(cli, ["reset", "--device", f"virtual:{statefile}"])
+    assert result.exit_code == 1 and "--yes" in result.output
+    result = CliRunner().invoke(cli, ["reset", "--device", f"virtual:{statefile}", "--yes"])
+    assert result.exit_code == 0, result.output
+    device = open_device(f"virtual:{statefile}")
+    try:
+        assert not device.pin_set
+    finally:
+        device.close()
+
+
+def test_devices_lists_nothing_without_hardware_and_says_so(monkeypatch):
+    monkeypatch.setattr("station.device.discovery.list_devices", lambda **kw: [])
+    result = CliRunner().invoke(cli, ["devices"])
+    assert result.exit_code == 0 and "No authenticator attached" in result.output
+    result = CliRunner().invoke(cli, ["devices", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == []

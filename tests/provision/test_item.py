@@ -1,0 +1,224 @@
+"""The provisioning engine on virtual keys, through each python-fido2 transport."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fido2.ctap import CtapError
+from fido2.ctap2 import ClientPin, CredentialManagement
+from fido2.utils import websafe_decode
+
+from station.customer.verify import NotGenuine, customer_verifier, register_credential
+from station.errors import StationError
+from station.protocol.jose import open_response
+from station.provision.item import provision_item
+from station.provision.pin import pin_protocol_for
+
+from .conftest import load_options
+
+NOW = datetime.now(timezone.utc)
+
+
+def run_item(device, sealed, keystore, trust, **kw):
+    return provision_item(
+        device=device,
+        pin_request_jwe=sealed.pin_request_jwe,
+        credential_request_jwes=sealed.credential_request_jwes,
+        keystore=keystore,
+        trust=trust,
+        **kw,
+    )
+
+
+def open_all(product_data, sealed, keystore):
+    jwks = keystore.jwks("signing")
+    pin = open_response(product_data["fido_pin_response"], response_private_key=sealed.response_key,
+                        signing_jwks=jwks, request_jwe=sealed.pin_request_jwe)
+    creds = [
+        open_response(jwe, response_private_key=sealed.response_key, signing_jwks=jwks, request_jwe=req)
+        for jwe, req in zip(product_data["fido_credential_responses"], sealed.credential_request_jwes)
+    ]
+    return pin, creds
+
+
+@pytest.mark.parametrize("transport", ["direct", "hid", "pcsc"])
+def test_graph_and_okta_items_give_responses_the_customer_opens_and_verifies(transport, make_key, order, keystore, trust):
+    device = make_key(transport=transport)
+    sealed = order("graph", "okta", min_pin_length=6, length=8)
+    steps = []
+    result = run_item(device, sealed, keystore, trust, on_step=lambda name, data: steps.append(name))
+    assert steps == ["opened", "preflight", "pin_set", "credential", "credential", "configured", "verified", "sealed"]
+
+    pin, creds = open_all(result.product_data, sealed, keystore)
+    assert pin.request_id == sealed.pin_request_id and len(pin.pin) == 8 and pin.pin.isdigit()
+    assert pin.force_pin_change is True
+    assert pin.aaguid == str(device.aaguid)
+    assert result.product_data["serial_number"] == pin.serial_number == device.identity.serial
+    assert pin.serial_number is not None and pin.firmware_version is not None
+
+    for cred, options in zip(creds, sealed.options):
+        registration = cred.credential.model_dump(mode="json", by_alias=True, exclude_none=True)
+        client_data = json.loads(websafe_decode(registration["response"]["clientDataJSON"]))
+        assert client_data == {"type": "webauthn.create", "challenge": options["challenge"],
+                               "origin": f"https://{options['rp']['id']}", "crossOrigin": False}
+        assert registration["clientExtensionResults"]["credProps"] == {"rk": True}
+        registered = register_credential(registration, rp_id=options["rp"]["id"], rp_name=options["rp"]["name"],
+                                         challenge=options["challenge"], verifier=customer_verifier(trust_test_ca=True))
+        assert registered.user_verified
+        with pytest.raises(NotGenuine):
+            register_credential(registration, rp_id=options["rp"]["id"], rp_name=options["rp"]["name"],
+                                challenge=options["challenge"], verifier=customer_verifier(trust_test_ca=False))
+    graph_ext = creds[0].credential.client_extension_results
+    assert graph_ext.get("hmacCreateSecret") is True
+
+
+def test_the_pin_works_only_after_the_forced_change_and_credentials_are_discoverable(make_key, order, keystore, trust):
+    device = make_key()
+    sealed = order("graph", force_pin_change=True)
+    result = run_item(device, sealed, keystore, trust)
+    pin, _ = open_all(result.product_data, sealed, keystore)
+
+    ctap2 = device.ctap2()
+    client_pin = ClientPin(ctap2, pin_protocol_for(ctap2.info))
+    assert ctap2.get_info().force_pin_change is True
+    with pytest.raises(CtapError) as refused:
+        client_pin.get_pin_token(pin.pin, ClientPin.PERMISSION.CREDENTIAL_MGMT)
+    assert refused.value.code == CtapError.ERR.PIN_POLICY_VIOLATION  # CTAP 2.1: until changePIN
+    client_pin.change_pin(pin.pin, "73915284")
+    assert ctap2.get_info().force_pin_change is False
+    token = client_pin.get_pin_token("73915284", ClientPin.PERMISSION.CREDENTIAL_MGMT)
+    credman = CredentialManagement(ctap2, client_pin.protocol, token)
+    rps = credman.enumerate_rps()
+    assert [rp[CredentialManagement.RESULT.RP]["id"] for rp in rps] == ["login.microsoft.com"]
+    creds = credman.enumerate_creds(rps[0][CredentialManagement.RESULT.RP_ID_HASH])
+    graph = load_options("graph")
+    expected_level = {"userVerificationOptional": 1, "userVerificationOptionalWithCredentialIDList": 2,
+                      "userVerificationRequired": 3}[graph["extensions"]["credentialProtectionPolicy"]]
+    assert creds[0][CredentialManagement.RESULT.CRED_PROTECT] == expected_level
+
+
+def _self_signed_ca(name: str):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _untouched(device) -> None:
+    device.refresh()
+    assert not device.pin_set
+
+
+def test_a_54_key_asked_to_force_a_pin_change_is_unsupported_and_untouched(make_key, order, keystore, trust):
+    device = make_key("yubikey-5-nfc-5.4")
+    with pytest.raises(StationError) as failed:
+        run_item(device, order("okta", force_pin_change=True), keystore, trust)
+    assert failed.value.code == "device_unsupported" and not failed.value.key_touched
+    _untouched(device)
+
+
+def test_a_54_key_without_a_forced_change_is_programmed(make_key, order, keystore, trust):
+    device = make_key("yubikey-5-nfc-5.4")
+    sealed = order("okta", force_pin_change=False)
+    pin, _ = open_all(run_item(device, sealed, keystore, trust).product_data, sealed, keystore)
+    assert pin.force_pin_change is False
+
+
+def test_a_key_with_a_pin_is_not_fresh(make_key, order, keystore, trust):
+    device = make_key()
+    ClientPin(device.ctap2()).set_pin("55512345")
+    device.refresh()
+    with pytest.raises(StationError) as failed:
+        run_item(device, order("okta"), keystore, trust)
+    assert failed.value.code == "device_not_fresh" and not failed.value.key_touched
+
+
+def test_a_key_with_credentials_is_not_fresh(make_key, order, keystore, trust):
+    device = make_key()
+    sealed = order("okta", force_pin_change=False)
+    run_item(device, sealed, keystore, trust)
+    with pytest.raises(StationError) as failed:
+        run_item(device, order("okta"), keystore, trust)
+    assert failed.value.code == "device_not_fresh"
+
+
+def test_an_expired_request_is_refused_before_the_key_is_touched(make_key, order, keystore, trust):
+    device = make_key()
+    sealed = order("okta", not_after=NOW - timedelta(minutes=1))
+    with pytest.raises(StationError) as failed:
+        run_item(device, sealed, keystore, trust)
+    assert failed.value.code == "expired"
+    _untouched(device)
+
+
+def test_a_key_failing_midway_is_a_device_error_that_asks_for_a_reset(make_key, order, keystore, trust):
+    device = make_key()
+    real_call = device.ctap_device.call
+    calls = {"n": 0}
+
+    def pulled_out_after_the_pin(cmd, data=b"", *args, **kwargs):
+        if data[:1] == b"\x01":  # authenticatorMakeCredential: the key is pulled out
+            raise OSError("device disconnected")
+        return real_call(cmd, data, *args, **kwargs)
+
+    device.ctap_device.call = pulled_out_after_the_pin
+    with pytest.raises(StationError) as failed:
+        run_item(device, order("okta"), keystore, trust)
+    assert failed.value.code == "device_error" and failed.value.key_touched
+    assert "reset" in failed.value.message
+
+
+def test_a_key_signed_by_an_unknown_ca_is_not_genuine(make_key, order, keystore, trust):
+    device = make_key(attestation_ca=_self_signed_ca("Counterfeit FIDO Root"))
+    with pytest.raises(StationError) as failed:
+        run_item(device, order("okta"), keystore, trust)
+    assert failed.value.code == "device_error" and "not genuine" in failed.value.message
+
+
+def test_a_key_whose_certificate_aaguid_differs_is_not_genuine(make_key, order, keystore, trust):
+    device = make_key(cert_aaguid=bytes.fromhex("ee882879721c491397753dfcce97072a"))
+    with pytest.raises(StationError) as failed:
+        run_item(device, order("okta"), keystore, trust)
+    assert "not genuine" in failed.value.message and "AAGUID" in failed.value.message
+
+
+def test_without_the_test_ca_a_virtual_key_is_not_genuine(make_key, order, keystore):
+    from station.provision.genuine import TrustStore
+
+    with pytest.raises(StationError) as failed:
+        run_item(make_key(), order("okta"), keystore, TrustStore.default())
+    assert "not genuine" in failed.value.message
+
+
+def test_no_pin_reaches_a_log_an_error_or_a_file(make_key, order, keystore, trust, caplog, tmp_path):
+    caplog.set_level(logging.DEBUG)
+    device = make_key()
+    sealed = order("graph", "okta", length=10)  # long enough never to match a timestamp by chance
+    result = run_item(device, sealed, keystore, trust)
+    pin, _ = open_all(result.product_data, sealed, keystore)
+    assert pin.pin not in caplog.text
+    assert pin.pin not in repr(pin)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert pin.pin.encode() not in path.read_bytes(), path
+    # a failing item's error text carries no PIN either
+    with pytest.raises(StationError) as failed:
+        run_item(device, order("okta"), keystore, trust)
+    assert pin.pin not in str(failed.value)
