@@ -28,6 +28,13 @@ def fail_cleanly(func):
     return wrapper
 
 
+def given_options(ctx: click.Context, *names: str) -> dict:
+    """The options among `names` the user typed (click's parameter source), for station.config."""
+    from click.core import ParameterSource
+
+    return {n: ctx.params[n] for n in names if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="fido-preregistration-station", prog_name="station")
 def cli() -> None:
@@ -278,15 +285,25 @@ _DB_OPTION = click.option(
 
 @cli.command()
 @_DB_OPTION
-@click.option("--keys", "keys_dir", required=True, type=click.Path(file_okay=False), help="Key-store folder.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file with a [serve] table (default: $STATION_CONFIG, else /etc/fido-station/station.toml).")
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), help="Key-store folder.")
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8080).")
+@click.option("--retention-seconds", type=float, help="How long read responses are kept before the purge.")
+@click.pass_context
 @fail_cleanly
-def serve(db_url: str | None, keys_dir: str, host: str, port: int) -> None:
-    """Run the fulfillment service (PROTOCOL.md §4 and the station API) until interrupted."""
+def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
+    """Run the fulfillment service (PROTOCOL.md §4 and the station API) until interrupted.
+    Options: command line > STATION_SERVE_* > the TOML [serve] table > defaults."""
+    from station.config import load_serve_settings
     from station.fulfillment.api import serve as serve_api
 
-    serve_api(db_url, keys_dir, host=host, port=port)
+    settings = load_serve_settings(
+        given_options(ctx, "db_url", "keys_dir", "host", "port", "retention_seconds"), config_file, require=("keys_dir",)
+    )
+    serve_api(settings.db_url, str(settings.keys_dir), host=settings.host, port=settings.port,
+              retention_seconds=settings.retention_seconds)
 
 
 @cli.group()
@@ -304,6 +321,32 @@ def tokens_create(db_url: str | None, role: str, name: str) -> None:
     from station.fulfillment.store import create_token
 
     click.echo(create_token(db_url, role, name))
+
+
+# ---------------------------------------------------------------- doctor (machine readiness)
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file with a [run] table (default: $STATION_CONFIG, else /etc/fido-station/station.toml).")
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), help="Key-store folder.")
+@click.option("--service", help="The fulfillment service URL.")
+@click.option("--token", help="The station token (better: $STATION_RUN_TOKEN).")
+@click.option("--device", help="The device SPEC the station uses: decides whether USB or PC/SC checks count.")
+@click.option("--user", help="Check hidraw access for this account (the service account) instead of yours.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+@click.pass_context
+@fail_cleanly
+def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, service: str | None,
+           token: str | None, device: str | None, user: str | None, as_json: bool) -> None:
+    """Check this machine for everything a station needs; exit 0 only if every check passes."""
+    from station.console import out_console
+    from station.doctor import as_json as doctor_json, diagnose, healthy, print_table
+
+    checks = diagnose(given_options(ctx, "keys_dir", "service", "token", "device"), config_file, user=user)
+    if as_json:
+        _echo_json(doctor_json(checks))
+    else:
+        print_table(checks, out_console)
+    sys.exit(0 if healthy(checks) else 1)
 
 
 def main() -> None:

@@ -359,12 +359,13 @@ def _add_station_routes(app: FastAPI) -> None:
         return ItemStateView(item_id=item_id, item_state=ItemState.QUEUED.value)
 
 
-def serve(db_url: str | None, keys_dir: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(db_url: str | None, keys_dir: str, *, host: str = "127.0.0.1", port: int = 8080,
+          retention_seconds: float | None = None) -> None:
     """`station serve`: the service under uvicorn until interrupted."""
     import uvicorn
 
     keystore = KeyStore.open(keys_dir)
-    store = Store.open(db_url)
+    store = Store.open(db_url) if retention_seconds is None else Store.open(db_url, retention_seconds=retention_seconds)
     try:
         uvicorn.run(create_app(store, keystore), host=host, port=port)
     finally:
