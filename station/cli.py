@@ -276,6 +276,52 @@ def fulfill(shipment_file: Path, keys_dir: Path, spec: str, out_file: Path, prof
     sys.exit(0 if ok else 1)
 
 
+# ---------------------------------------------------------------- station daemon (run)
+RUN_OPTIONS = ("service", "token", "device", "keys_dir", "journal_dir", "slots", "once", "until_empty",
+               "lease_seconds", "heartbeat_seconds", "profile", "roots", "trust_test_ca", "as_json", "virtual_transport")
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file with a [run] table (default: $STATION_CONFIG, else /etc/fido-station/station.toml).")
+@click.option("--service", help="The fulfillment service, e.g. http://127.0.0.1:8080")
+@click.option("--token", help="A station token (station tokens create --role station); better: $STATION_RUN_TOKEN.")
+@click.option("--device", help="auto (default), hid[:PATH], pcsc[:READER], virtual:STATEFILE or virtual:FOLDER/")
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), help="Key-store folder.")
+@click.option("--journal", "journal_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where sealed results wait for the service's acknowledgement (default var/journal).")
+@click.option("--slots", type=click.IntRange(1, 64), help="Keys programmed at once (default 1).")
+@click.option("--once", is_flag=True, default=None, help="Stop after one item (or when the queue is empty).")
+@click.option("--until-empty", is_flag=True, default=None, help="Stop when the queue is empty.")
+@click.option("--lease", "lease_seconds", type=click.IntRange(10, 3600), help="Lease on a claimed item (default 120 s).")
+@click.option("--heartbeat-seconds", type=float, help="Lease extension period (default a quarter of the lease).")
+@click.option("--profile", help="With virtual:FOLDER/: the profile of the fresh key made per item.")
+@click.option("--roots", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A folder of extra attestation roots (PEM).")
+@click.option("--trust-test-ca", is_flag=True, default=None, help="Trust the TEST CA (testing only; implied by virtual: devices).")
+@click.option("--json", "as_json", is_flag=True, default=None, help="Machine-readable event lines on stdout.")
+@click.option("--virtual-transport", type=click.Choice(["direct", "hid", "pcsc"]),
+              help="How a virtual: key is reached (default direct).")
+@click.pass_context
+@fail_cleanly
+def run(ctx: click.Context, config_file: Path | None, **_options) -> None:
+    """The station daemon: claim items, program keys, return sealed responses.
+    Options: command line > STATION_RUN_* > the TOML [run] table > defaults."""
+    from station.config import load_run_settings
+    from station.console import event_printer
+    from station.fulfillment.runner import RunOptions, run_station
+
+    settings = load_run_settings(given_options(ctx, *RUN_OPTIONS), config_file, require=("service", "token", "keys_dir"))
+    opts = RunOptions(
+        service=settings.service, token=settings.token.get_secret_value(), spec=settings.device,
+        keys_dir=settings.keys_dir, journal_dir=settings.journal_dir, slots=settings.slots, once=settings.once,
+        until_empty=settings.until_empty, lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_every, profile=settings.profile,
+        virtual_transport=settings.virtual_transport, trust_test_ca=settings.trust_test_ca, roots=settings.roots,
+    )
+    run_station(opts, on_event=event_printer(as_json=settings.as_json))
+
+
 # ---------------------------------------------------------------- fulfillment service (serve, tokens)
 _DB_OPTION = click.option(
     "--db", "db_url", default=None,
