@@ -395,6 +395,25 @@ def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, 
     sys.exit(0 if healthy(checks) else 1)
 
 
+# ---------------------------------------------------------------- whole system (demo)
+@cli.command()
+@click.option("--keys", "keys", type=click.IntRange(1, 200), default=4, show_default=True, help="How many keys are ordered.")
+@click.option("--transport", type=click.Choice(["direct", "hid", "pcsc"]), default="direct", show_default=True,
+              help="How the station reaches each key: in-process, python-fido2 CtapHidDevice, or the real pcscd.")
+@click.option("--profile", default="yubikey-5-nfc-5.7", show_default=True, help="The virtual key model (station virtual profiles).")
+@click.option("--slots", type=click.IntRange(1, 8), default=1, show_default=True, help="Keys the station programs at once.")
+@click.option("--show-pins", is_flag=True, help="Show the PINs that would be mailed (never shown otherwise).")
+@fail_cleanly
+def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool) -> None:
+    """The full pre-registration round trip on this machine, with virtual keys (exit 0 only if
+    every key was verified and used to sign in)."""
+    from station.console import run_demo_live
+    from station.demo import DemoOptions
+
+    ok = run_demo_live(DemoOptions(keys=keys, transport=transport, profile=profile, slots=slots), show_pins=show_pins)
+    sys.exit(0 if ok else 1)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -92,3 +92,45 @@ def event_printer(*, as_json: bool):
 class _Defaults(dict):
     def __missing__(self, key):
         return ""
+
+
+def demo_table(rows, *, title: str = "Pre-registered keys") -> Table:
+    """The demo's live view and final table: one row per ordered key (never a PIN)."""
+    table = Table(title=title)
+    for column in ("#", "IdP", "user", "shipment", "state", "model", "serial", "verified", "signed in"):
+        table.add_column(column, no_wrap=column in ("#", "shipment", "serial", "verified", "signed in"),
+                         overflow="fold")
+    for r in rows:
+        state = f"[red]{r.state}[/]" if r.error else r.state
+        table.add_row(str(r.number), r.idp, r.user, r.shipment[:8], state, r.model, r.serial,
+                      "[green]yes[/]" if r.verified else "[red]no[/]", "[green]yes[/]" if r.signed_in else "[red]no[/]")
+    return table
+
+
+def print_mailed_pins(rows) -> None:
+    """`--show-pins`: what the PIN mailer would send, one line per user (asked for explicitly)."""
+    out_console.print("PINs (mailed to each user separately from the key):")
+    for r in rows:
+        if r.pin is not None:
+            out_console.print(f"  {r.user}  {r.pin.reveal()}", soft_wrap=True)
+
+
+def run_demo_live(opts, *, show_pins: bool) -> bool:
+    """Run the demo with a live table on stderr, then print the final table and any errors."""
+    from rich.live import Live
+
+    from station.demo import run_demo
+
+    err_console.print(f"[bold]station demo[/]: {opts.keys} keys ordered by an Okta-like and an Entra-like tenant, "
+                      f"programmed over {opts.transport}, verified, then used to sign in.")
+    with Live(console=err_console, refresh_per_second=8, transient=True) as live:
+        result = run_demo(opts, on_update=lambda rows: live.update(demo_table(rows)))
+    out_console.print(demo_table(result.rows, title=f"Pre-registered keys ({len(result.rows)} in {result.seconds:.1f} s)"))
+    if show_pins:
+        print_mailed_pins(result.rows)
+    for r in result.rows:
+        if r.error:
+            err_console.print(f"[red]key {r.number} ({r.user}): {r.error}[/]")
+    if result.ok:
+        err_console.print("[green]every key was verified as genuine, registered, and used to sign in after the forced PIN change[/]")
+    return result.ok

@@ -47,6 +47,11 @@ class CatalogEntry:
     firmware: str | None
 
     @property
+    def short_name(self) -> str:
+        """The first model name and the firmware line: 'YubiKey 5 NFC (5.7)'."""
+        return f"{self.models[0]} ({self.firmware})" if self.firmware else self.models[0]
+
+    @property
     def name(self) -> str:
         """A readable model name: 'YubiKey 5 NFC / YubiKey 5C NFC (5.7)'."""
         models = " / ".join(self.models)

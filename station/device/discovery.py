@@ -40,6 +40,7 @@ class Device:
     identity: Identity
     vendor: str | None
     model: str
+    short_model: str = ""
 
     @property
     def aaguid(self) -> uuid.UUID:
@@ -62,7 +63,7 @@ class Device:
     @property
     def label(self) -> str:
         serial = f" #{self.identity.serial}" if self.identity.serial else ""
-        return f"{self.model}{serial} ({self.transport} {self.path})"
+        return f"{self.short_model}{serial} ({self.transport} {self.path})"
 
     def ctap2(self) -> Ctap2:
         return Ctap2(self.ctap_device)
@@ -104,7 +105,8 @@ def describe(ctap_device: CtapDevice, *, spec: str, transport: str, path: str) -
     model = entry.name if entry else f"unknown model (AAGUID {uuid.UUID(bytes=bytes(info.aaguid))})"
     identity = read_identity(ctap_device, vendor, info)
     return Device(spec=spec, transport=transport, path=path, ctap_device=ctap_device, info=info,
-                  identity=identity, vendor=vendor, model=model)
+                  identity=identity, vendor=vendor, model=model,
+                  short_model=entry.short_name if entry else "unknown model")
 
 
 def _vendor_from_usb(ctap_device: CtapDevice) -> str | None:

@@ -245,7 +245,7 @@ class Station:
         self.journal.record("claimed", item_id, shipment_id=claim.shipment_id, device=device.spec,
                             serial=device.identity.serial)
         _fault_point("claimed")
-        self.emit(kind="claimed", slot=slot, item=item_id, shipment=claim.shipment_id, model=device.model,
+        self.emit(kind="claimed", slot=slot, item=item_id, shipment=claim.shipment_id, model=device.short_model,
                   serial=device.identity.serial, device=device.spec)
         started = time.monotonic()
         state = {"touched": False, "credentials": 0}
