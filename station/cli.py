@@ -6,6 +6,7 @@ Every failure prints one line `error_code: message` on stderr and exits non-zero
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -395,7 +396,7 @@ def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, 
     sys.exit(0 if healthy(checks) else 1)
 
 
-# ---------------------------------------------------------------- whole system (demo)
+# ---------------------------------------------------------------- whole system (demo, bench)
 @cli.command()
 @click.option("--keys", "keys", type=click.IntRange(1, 200), default=4, show_default=True, help="How many keys are ordered.")
 @click.option("--transport", type=click.Choice(["direct", "hid", "pcsc"]), default="direct", show_default=True,
@@ -412,6 +413,24 @@ def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool) -
 
     ok = run_demo_live(DemoOptions(keys=keys, transport=transport, profile=profile, slots=slots), show_pins=show_pins)
     sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The figures as one JSON document.")
+@click.option("--db", "db_url", help="A bench-only postgresql:// database (default: temporary SQLite, and a "
+              "private PostgreSQL cluster when PostgreSQL is installed).")
+@click.option("--quick", is_flag=True, help="Short measurements (seconds, not minutes): a smoke run.")
+@fail_cleanly
+def bench(as_json: bool, db_url: str | None, quick: bool) -> None:
+    """The performance figures of the station, each next to its target."""
+    from station.bench import run_bench
+    from station.console import err_console, print_bench
+
+    results = run_bench(db_url=db_url, quick=quick, on_progress=lambda text: err_console.print(f"[dim]bench: {text}[/]"))
+    if as_json:
+        click.echo(json.dumps(results, indent=2, default=str))
+    else:
+        print_bench(results)
 
 
 def main() -> None:

@@ -134,3 +134,43 @@ def run_demo_live(opts, *, show_pins: bool) -> bool:
     if result.ok:
         err_console.print("[green]every key was verified as genuine, registered, and used to sign in after the forced PIN change[/]")
     return result.ok
+
+
+def print_bench(results: dict) -> None:
+    """`station bench`: one table of figures against their targets."""
+    table = Table(title="station bench")
+    for column in ("figure", "value", "target", "note"):
+        table.add_column(column)
+    cpu = results["item_cpu"]
+    table.add_row("station CPU per item (1 PIN + 2 credentials)", f"{cpu['station_cpu_ms']:.1f} ms", "",
+                  f"virtual authenticator excluded ({cpu['authenticator_cpu_ms']:.1f} ms)")
+    table.add_row("raw crypto floor per item", f"{cpu['floor_ms']:.1f} ms", "",
+                  f"6 P-384 ECDH {cpu['ecdh_ms']:.2f}, 3 keygen {cpu['keygen_ms']:.2f}, 3 ES384 {cpu['es384_ms']:.2f} ms")
+    table.add_row("item CPU ÷ floor", _verdict(cpu["ratio"], cpu["target_ratio"], lower=True), f"≤ {cpu['target_ratio']}×", "")
+    proto = results["protocol"]
+    table.add_row("open_request / seal_response", f"{proto['open_request_us']:.0f} / {proto['seal_response_us']:.0f} µs", "",
+                  f"ECDH {proto['p384_ecdh_us']:.0f} µs, ES384 {proto['es384_sign_us']:.0f} µs")
+    for transport, rates in results["virtual"]["ops_per_second"].items():
+        table.add_row(f"virtual key over {transport}", f"{rates['makeCredential']:.0f} mc/s, {rates['getAssertion']:.0f} ga/s", "", "")
+    trip = results["round_trip"]
+    table.add_row("round trip on one core", f"{trip['keys_per_second']:.1f} keys/s", "", f"{trip['keys']} keys in {trip['seconds']:.1f} s")
+    slots = results["slots"]
+    table.add_row(f"{slots['slots']} slots ÷ one key (modelled latency)", _verdict(slots["ratio"], slots["target_ratio"], lower=True),
+                  f"≤ {slots['target_ratio']}×", f"{slots['all_keys_s']:.2f} s vs {slots['one_key_s']:.2f} s")
+    queue = results["queue"]
+    for name in ("sqlite", "postgresql", "queue"):
+        if name in queue:
+            q = queue[name]
+            table.add_row(f"claim+submit, {q['clients']} station clients ({q['backend']})",
+                          f"{q['claim_submit_per_s']:.0f} /s", "", "queue drained early: a floor" if q["drained"] else "")
+    if "pgbench" in queue:
+        pg = queue["pgbench"]
+        table.add_row("pgbench simple-update, same server", f"{pg['tps']:.0f} tps", "", "")
+        ours = queue.get("postgresql", queue.get("queue"))
+        table.add_row("claim+submit ÷ pgbench", _verdict(ours["claim_submit_per_s"] / pg["tps"], 0.25, lower=False), "≥ 0.25", "")
+    out_console.print(table)
+
+
+def _verdict(value: float, target: float, *, lower: bool) -> str:
+    ok = value <= target if lower else value >= target
+    return f"[{'green' if ok else 'red'}]{value:.2f}×[/]" if lower else f"[{'green' if ok else 'red'}]{value:.3f}[/]"

@@ -37,6 +37,7 @@ class Device:
     path: str  # hidraw path, reader name, or state file
     ctap_device: CtapDevice = field(repr=False)
     info: Info = field(repr=False)
+    _ctap2: Ctap2 = field(repr=False)
     identity: Identity
     vendor: str | None
     model: str
@@ -66,11 +67,12 @@ class Device:
         return f"{self.short_model}{serial} ({self.transport} {self.path})"
 
     def ctap2(self) -> Ctap2:
-        return Ctap2(self.ctap_device)
+        """The one python-fido2 Ctap2 session on this key (its getInfo read once, at discovery)."""
+        return self._ctap2
 
     def refresh(self) -> None:
         """Read getInfo again (after the PIN or the configuration changed)."""
-        self.info = Ctap2(self.ctap_device).get_info()
+        self.info = self._ctap2.get_info()
 
     def close(self) -> None:
         close = getattr(self.ctap_device, "close", None)
@@ -97,14 +99,15 @@ class Device:
 def describe(ctap_device: CtapDevice, *, spec: str, transport: str, path: str) -> Device:
     """Read getInfo, the catalogue and the vendor identity of an open CtapDevice."""
     try:
-        info = Ctap2(ctap_device).get_info()
+        ctap2 = Ctap2(ctap_device)
+        info = ctap2.info
     except (CtapError, OSError) as exc:
         raise DeviceError(f"{path}: the key did not answer authenticatorGetInfo ({exc})") from exc
     entry = lookup(bytes(info.aaguid))
     vendor = entry.vendor if entry else _vendor_from_usb(ctap_device)
     model = entry.name if entry else f"unknown model (AAGUID {uuid.UUID(bytes=bytes(info.aaguid))})"
     identity = read_identity(ctap_device, vendor, info)
-    return Device(spec=spec, transport=transport, path=path, ctap_device=ctap_device, info=info,
+    return Device(spec=spec, transport=transport, path=path, ctap_device=ctap_device, info=info, _ctap2=ctap2,
                   identity=identity, vendor=vendor, model=model,
                   short_model=entry.short_name if entry else "unknown model")
 

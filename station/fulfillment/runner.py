@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class RunOptions:
     virtual_transport: str = "direct"
     trust_test_ca: bool = False
     roots: Path | None = None
+    #: passed to the virtual keys the station opens (presence policy, latency model): bench and tests
+    virtual_options: dict = field(default_factory=dict)
 
 
 def _fault_point(name: str) -> None:
@@ -104,13 +106,15 @@ class KeyPool:
     def _try_take(self) -> Device | None:
         if self.fresh_virtual():
             spec = new_virtual_key(Path(self.arg) / f"key-{uuid.uuid4().hex[:16]}.json", self.opts.profile)
-            return self._hold(open_device(spec, virtual_transport=self.opts.virtual_transport))
+            return self._hold(open_device(spec, virtual_transport=self.opts.virtual_transport,
+                                          **self.opts.virtual_options))
         if self.kind == "virtual" or ":" in self.opts.spec:
             with self._lock:
                 if self.opts.spec in self._held:
                     return None
             try:
-                return self._hold(open_device(self.opts.spec, virtual_transport=self.opts.virtual_transport))
+                return self._hold(open_device(self.opts.spec, virtual_transport=self.opts.virtual_transport,
+                                              **self.opts.virtual_options))
             except UsageError:
                 return None
         for device in list_devices():

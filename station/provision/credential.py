@@ -46,12 +46,11 @@ class Cancelled(StationError):
 
 
 class _ExactClientData(ClientDataCollector):
-    """clientDataJSON exactly as PROTOCOL.md §3.2: the challenge string as the customer sent it."""
+    """clientDataJSON exactly as PROTOCOL.md §3.2: the challenge string as the customer sent it.
+    Set per request (`expect`), so one Fido2Client serves every credential of an item."""
 
-    def __init__(self, origin: str, challenge: str, rp_id: str) -> None:
-        self._origin = origin
-        self._challenge = challenge
-        self._rp_id = rp_id
+    def expect(self, origin: str, challenge: str, rp_id: str) -> None:
+        self._origin, self._challenge, self._rp_id = origin, challenge, rp_id
 
     def collect_client_data(self, options):
         data = CollectedClientData.create(
@@ -119,35 +118,40 @@ def _client_error(exc: ClientError) -> StationError:
     return DeviceError(f"makeCredential failed: {exc.code.name}")
 
 
-def make_credential(
-    ctap_device: CtapDevice,
-    *,
-    public_key: dict[str, Any],
-    origin: str,
-    pin: Pin,
-    transports: list[str],
-    on_touch: Callable[[], None] | None = None,
-    event: threading.Event | None = None,
-) -> MadeCredential:
-    """authenticatorMakeCredential for one credential request, through Fido2Client."""
-    options = creation_options(public_key)
-    client = Fido2Client(
-        ctap_device,
-        _ExactClientData(origin, public_key["challenge"], options.rp.id),
-        _StationInteraction(pin, on_touch),
-        extensions=[
-            HmacSecretExtension(allow_hmac_secret=True),
-            CredProtectExtension(),
-            CredPropsExtension(),
-            MinPinLengthExtension(),
-        ],
-    )
-    try:
-        result = client.make_credential(options, event=event)
-    except ClientError as exc:
-        raise _client_error(exc) from None
-    except ValueError as exc:  # python-fido2's refusal of an enforced credProtect
-        raise DeviceUnsupported(f"the key cannot make this credential: {exc}") from None
+class CredentialMaker:
+    """authenticatorMakeCredential for each credential request of one item, through one
+    python-fido2 Fido2Client (one getInfo per item, not one per credential)."""
+
+    def __init__(self, ctap_device: CtapDevice, pin: Pin, *, transports: list[str],
+                 on_touch: Callable[[], None] | None = None, event: threading.Event | None = None) -> None:
+        self._collector = _ExactClientData()
+        self._client = Fido2Client(
+            ctap_device,
+            self._collector,
+            _StationInteraction(pin, on_touch),
+            extensions=[
+                HmacSecretExtension(allow_hmac_secret=True),
+                CredProtectExtension(),
+                CredPropsExtension(),
+                MinPinLengthExtension(),
+            ],
+        )
+        self._transports = list(transports)
+        self._event = event
+
+    def make(self, *, public_key: dict[str, Any], origin: str) -> MadeCredential:
+        options = creation_options(public_key)
+        self._collector.expect(origin, public_key["challenge"], options.rp.id)
+        try:
+            result = self._client.make_credential(options, event=self._event)
+        except ClientError as exc:
+            raise _client_error(exc) from None
+        except ValueError as exc:  # python-fido2's refusal of an enforced credProtect
+            raise DeviceUnsupported(f"the key cannot make this credential: {exc}") from None
+        return _made(result, self._transports)
+
+
+def _made(result, transports: list[str]) -> MadeCredential:
     response = result.response
     attestation_object = bytes(response.attestation_object)
     client_data = bytes(response.client_data)

@@ -34,7 +34,7 @@ from station.protocol.messages import (
     PinRequest,
     PinResponse,
 )
-from station.provision.credential import MadeCredential, make_credential
+from station.provision.credential import CredentialMaker, MadeCredential
 from station.provision.genuine import TrustStore, verify_genuine
 from station.provision.pin import Pin, draw_pin, force_pin_change, set_pin
 
@@ -179,19 +179,12 @@ def provision_item(
         touched = True
         step("pin_set", {})
         _check_no_credentials(device, pin)
+        maker = CredentialMaker(device.ctap_device, pin, transports=list(device.info.transports or ["usb"]),
+                                on_touch=on_touch, event=event)
         made = []
         for index, (req, _) in enumerate(item.credential_requests):
-            made.append(
-                make_credential(
-                    device.ctap_device,
-                    public_key=req.public_key.model_dump(mode="json", by_alias=True, exclude_none=True),
-                    origin=req.effective_origin,
-                    pin=pin,
-                    transports=list(device.info.transports or ["usb"]),
-                    on_touch=on_touch,
-                    event=event,
-                )
-            )
+            public_key = req.public_key.model_dump(mode="json", by_alias=True, exclude_none=True)
+            made.append(maker.make(public_key=public_key, origin=req.effective_origin))
             step("credential", {"index": index})
         force_pin_change(
             device.ctap2(),

@@ -1,0 +1,227 @@
+"""`station bench`: the performance figures of the station, each next to its target, in one run.
+
+- item CPU: the station's CPU time for one item (1 PIN + 2 credentials), the virtual
+  authenticator's own time excluded, next to the raw crypto floor measured in the same process
+  (the P-384 ECDH, key generation and ES384 signatures the item needs). Target ≤ 1.5×.
+- protocol: open_request and seal_response next to raw ECDH and ES384.
+- virtual key: makeCredential and getAssertion per second over each transport.
+- round trip: keys per second of the whole `station demo` flow on one core.
+- slots: 8 keys in 8 slots with a modelled device latency, wall time ÷ one key's. Target ≤ 1.25×.
+- queue: claim+submit rate of 16 station clients on SQLite, and on PostgreSQL next to pgbench's
+  simple-update rate on the same server (`--db postgresql://…`, or a private cluster when
+  PostgreSQL is installed). Target ≥ 0.25 of pgbench.
+
+The latency model is our own assumption: no public figures exist for real keys (see LATENCY).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from fido2.ctap2.base import Ctap2
+
+#: Modelled device time per CTAP command (seconds): OUR ASSUMPTION, for a secure element doing
+#: P-256 work at roughly the speed published for smart-card chips; no vendor publishes figures.
+LATENCY = {
+    Ctap2.CMD.GET_INFO: 0.010,
+    Ctap2.CMD.CLIENT_PIN: 0.060,
+    Ctap2.CMD.MAKE_CREDENTIAL: 0.250,
+    Ctap2.CMD.GET_ASSERTION: 0.150,
+    Ctap2.CMD.CONFIG: 0.050,
+    Ctap2.CMD.CREDENTIAL_MGMT: 0.080,
+}
+
+TARGETS = {"item_cpu_ratio": 1.5, "slots_ratio": 1.25, "queue_vs_pgbench": 0.25}
+
+
+# ------------------------------------------------------------------------------ item CPU
+def _crypto_floor_ms(repeats: int = 200) -> dict[str, float]:
+    """Raw P-384 operations in this process: ECDH, key generation, ES384 signing (ms each)."""
+    peer = ec.generate_private_key(ec.SECP384R1()).public_key()
+    key = ec.generate_private_key(ec.SECP384R1())
+    message = os.urandom(1500)
+
+    def each(op: Callable[[], object]) -> float:
+        op()
+        start = time.thread_time()
+        for _ in range(repeats):
+            op()
+        return (time.thread_time() - start) / repeats * 1000
+
+    ecdh = each(lambda: key.exchange(ec.ECDH(), peer))
+    keygen = each(lambda: ec.generate_private_key(ec.SECP384R1()))
+    sign = each(lambda: key.sign(message, ec.ECDSA(hashes.SHA384())))
+    # per item: 3 requests opened (1 ECDH each); 3 responses sealed (keygen + ECDH + ES384 each)
+    floor = 3 * ecdh + 3 * (keygen + ecdh + sign)
+    return {"ecdh_ms": ecdh, "keygen_ms": keygen, "es384_ms": sign, "floor_ms": floor}
+
+
+@contextmanager
+def _authenticator_cpu() -> Any:
+    """Count the CPU time spent inside the virtual authenticator (to subtract it)."""
+    from station.virtual.authenticator import VirtualAuthenticator
+
+    spent = {"s": 0.0}
+    original = VirtualAuthenticator.process
+
+    def timed(self, request, **kw):
+        start = time.thread_time()
+        try:
+            return original(self, request, **kw)
+        finally:
+            spent["s"] += time.thread_time() - start
+
+    VirtualAuthenticator.process = timed
+    try:
+        yield spent
+    finally:
+        VirtualAuthenticator.process = original
+
+
+def bench_item_cpu(items: int = 20) -> dict[str, Any]:
+    """Station CPU per item (1 PIN + 2 credentials) over the direct transport, authenticator excluded."""
+    import json
+
+    from station.customer.orders import seal_item
+    from station.device.discovery import new_virtual_key, open_device
+    from station.protocol.keys import KeyStore
+    from station.provision.genuine import TrustStore
+    from station.provision.item import provision_item
+
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "options"
+    options = [json.loads((fixtures / f"{n}.json").read_text()) for n in ("graph", "okta")]
+    with tempfile.TemporaryDirectory(prefix="station-bench-") as tmp:
+        folder = Path(tmp)
+        keystore = KeyStore.init(folder / "keys")
+        trust = TrustStore.default(trust_test_ca=True)
+        orders = [seal_item(transport_jwks=keystore.jwks("transport"), options=options) for _ in range(items + 1)]
+        specs = [new_virtual_key(folder / f"k{i}.json", "yubikey-5-nfc-5.7") for i in range(items + 1)]
+        total = 0.0
+        with _authenticator_cpu() as inside:
+            for i, (sealed, spec) in enumerate(zip(orders, specs)):
+                if i == 1:  # the first item warms caches and imports; not counted
+                    total, inside["s"] = 0.0, 0.0
+                start = time.thread_time()
+                device = open_device(spec)
+                provision_item(device=device, pin_request_jwe=sealed.pin_request_jwe,
+                               credential_request_jwes=sealed.credential_request_jwes, keystore=keystore, trust=trust)
+                device.close()
+                total += time.thread_time() - start
+            authenticator = inside["s"]
+    station_ms = (total - authenticator) / items * 1000
+    floor = _crypto_floor_ms()
+    return {
+        "items": items,
+        "station_cpu_ms": station_ms,
+        "authenticator_cpu_ms": authenticator / items * 1000,
+        **floor,
+        "ratio": station_ms / floor["floor_ms"],
+        "target_ratio": TARGETS["item_cpu_ratio"],
+    }
+
+
+# ------------------------------------------------------------------------------ round trip
+@contextmanager
+def _one_core():
+    """Pin this process (and its threads) to one CPU for the duration."""
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(previous)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+def bench_round_trip(keys: int = 12) -> dict[str, Any]:
+    """Keys per second of the whole demo flow (order, program, verify, register, sign in), one core."""
+    from station.demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(keys=1))  # warm-up
+    with _one_core():
+        result = run_demo(DemoOptions(keys=keys))
+    if not result.ok:
+        raise RuntimeError("the round trip did not verify: " + "; ".join(r.error for r in result.rows if r.error))
+    return {"keys": keys, "seconds": result.seconds, "keys_per_second": keys / result.seconds}
+
+
+# ------------------------------------------------------------------------------ slots
+def _station_wall(slots: int, items: int, latency) -> float:
+    """Wall time for `items` items through `slots` slots against an embedded service."""
+    from station.customer.orders import seal_item, shipment_body
+    from station.fulfillment.client import FulfillmentClient
+    from station.fulfillment.embedded import EmbeddedService
+    from station.fulfillment.runner import RunOptions, Station
+    from station.fulfillment.store import Role, Store
+    from station.protocol.keys import KeyStore
+
+    with tempfile.TemporaryDirectory(prefix="station-bench-") as tmp:
+        folder = Path(tmp)
+        keystore = KeyStore.init(folder / "keys")
+        store = Store.open(f"sqlite:///{folder}/station.db")
+        try:
+            with EmbeddedService(store, keystore) as service:
+                customer = FulfillmentClient(service.url, store.create_token(Role.CUSTOMER, "bench"))
+                jwks = customer.jwks("transport")
+                options = {"rp": {"id": "acme.okta.com", "name": "Acme"},
+                           "user": {"id": "dXNlcg", "name": "u", "displayName": "U"},
+                           "challenge": "Y2hhbGxlbmdlY2hhbGxlbmdl", "pubKeyCredParams": [{"type": "public-key", "alg": -7}]}
+                items_ = [seal_item(transport_jwks=jwks, options=[options, options]) for _ in range(items)]
+                customer.post_shipment(shipment_body(items_))
+                customer.close()
+                opts = RunOptions(service=service.url, token=store.create_token(Role.STATION, "bench"),
+                                  spec=f"virtual:{folder}/vkeys/", keys_dir=keystore.path,
+                                  journal_dir=folder / "journal", slots=slots, until_empty=True,
+                                  profile="yubikey-5-nfc-5.7", poll_seconds=0.02, heartbeat_seconds=30,
+                                  virtual_options={"latency": latency})
+                start = time.perf_counter()
+                done = Station(opts).run()
+                wall = time.perf_counter() - start
+                if done != items:
+                    raise RuntimeError(f"only {done} of {items} items were fulfilled")
+                return wall
+        finally:
+            store.close()
+
+
+def bench_slots(slots: int = 8) -> dict[str, Any]:
+    """8 keys in 8 slots with the modelled latency, wall time ÷ one key's."""
+    from station.virtual import LatencyModel
+
+    latency = LatencyModel(per_command={int(k): v for k, v in LATENCY.items()})
+    one = _station_wall(1, 1, latency)
+    many = _station_wall(slots, slots, latency)
+    return {"slots": slots, "one_key_s": one, "all_keys_s": many, "ratio": many / one,
+            "target_ratio": TARGETS["slots_ratio"], "latency_model_s": {Ctap2.CMD(k).name: v for k, v in LATENCY.items()}}
+
+
+# ------------------------------------------------------------------------------ all
+def run_bench(*, db_url: str | None = None, quick: bool = False, on_progress: Callable[[str], None] | None = None) -> dict:
+    """Every figure; `quick` shortens each measurement (for the test suite)."""
+    from station.fulfillment.bench import bench_all
+    from station.protocol.bench import bench_protocol
+    from station.virtual.bench import bench_virtual
+
+    say = on_progress or (lambda text: None)
+    results: dict[str, Any] = {}
+    say("item CPU against the crypto floor")
+    results["item_cpu"] = bench_item_cpu(items=3 if quick else 20)
+    say("protocol: open_request and seal_response")
+    results["protocol"] = bench_protocol(iterations=20 if quick else 200)
+    say("virtual key: makeCredential and getAssertion per transport")
+    results["virtual"] = bench_virtual(seconds_per_case=0.2 if quick else 2.0)
+    say("round trip on one core")
+    results["round_trip"] = bench_round_trip(keys=2 if quick else 12)
+    say("8 slots with modelled latency")
+    results["slots"] = bench_slots(slots=2 if quick else 8)
+    say("queue: claim+submit with 16 station clients")
+    results["queue"] = bench_all(db_url, clients=4 if quick else 16, seconds=1 if quick else 5)
+    return results
