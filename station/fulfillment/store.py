@@ -47,6 +47,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy import delete as sql_delete
@@ -274,7 +275,10 @@ def _make_engine(url: str, *, pool_size: int) -> Engine:
         raise UsageError(f"--db {url!r} is not a database URL") from exc
     if parsed.get_backend_name() == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # No pre-ping: it costs a round trip per transaction. After a server restart the first
+        # statement on a dead connection fails (ServiceUnavailable, which callers retry) and
+        # SQLAlchemy invalidates the whole pool, so the retry gets a fresh connection.
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         raise UsageError(f"--db must be sqlite:///FILE or postgresql://…, not {url!r}")
     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -304,12 +308,51 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+#: PostgreSQL: claim the oldest queued item in one statement (pick with SKIP LOCKED, lease it,
+#: audit it, return it): one round trip instead of four.
+_PG_CLAIM_QUEUED = text("""
+WITH next AS (
+    SELECT id FROM items WHERE state = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE items SET state = 'claimed', lease_owner = :station_id, lease_expires = :expires
+    FROM next WHERE items.id = next.id
+    RETURNING items.id, items.shipment_id, items.pin_request, items.credential_requests
+), audited AS (
+    INSERT INTO audit (at, event, item_id, shipment_id, token_id, station)
+    SELECT :now, 'claimed', leased.id, leased.shipment_id, :station_id, :station_name FROM leased
+)
+SELECT id, shipment_id, pin_request, credential_requests FROM leased
+""")
+
+#: PostgreSQL: finish an item this station holds, with its audit record, in one statement. No
+#: row back means the item is not simply held (finished already, or another's): the full checks run.
+_PG_SUBMIT_HELD = text("""
+WITH finished AS (
+    UPDATE items SET state = :state, result = :result, finished_at = :now, lease_expires = NULL
+    WHERE id = :item_id AND state = 'claimed' AND lease_owner = :station_id
+    RETURNING id, shipment_id
+), audited AS (
+    INSERT INTO audit (at, event, item_id, shipment_id, token_id, station, serial_number, outcome)
+    SELECT :now, :event, finished.id, finished.shipment_id, :station_id, :station_name, :serial, :outcome
+    FROM finished
+)
+SELECT id FROM finished
+""")
+
+#: How often (seconds of `now`) one Store looks for expired leases before claiming from the queue.
+EXPIRED_PROBE_SECONDS = 1.0
+
+
 class Store:
     """The queue and its tables. Open with `Store.open(url)`; every method is one transaction."""
 
     def __init__(self, engine: Engine, *, retention_seconds: float) -> None:
         self.engine = engine
         self.retention_seconds = retention_seconds
+        self._postgresql = engine.dialect.name == "postgresql"
+        self._last_expired_probe: float | None = None
+        #: the one-statement fast paths are atomic on their own: no BEGIN/COMMIT round trips
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgresql else None
 
     @classmethod
     def open(
@@ -327,6 +370,16 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def _statement(self) -> Iterator[Connection]:
+        """A connection for one self-contained statement (PostgreSQL, autocommit)."""
+        try:
+            with self._autocommit.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[:1] or [exc.orig.__class__.__name__]
+            raise ServiceUnavailable(f"database unavailable: {reason[0]}") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -477,6 +530,8 @@ class Store:
         An item whose lease expired is claimable again (it goes first); its former holder
         loses it (its heartbeat, submit or release then gets Conflict)."""
         now = _now(now)
+        if self._postgresql and not self._expired_probe_due(now):
+            return self._claim_queued_pg(station, lease_seconds, now)
         with self._tx() as conn:
             row = self._next_claimable(conn, now)
             if row is None:
@@ -498,6 +553,25 @@ class Store:
             credential_requests=json.loads(row.credential_requests),
             lease_expires=expires,
         )
+
+    def _expired_probe_due(self, now: float) -> bool:
+        """True when expired leases should be looked for first (at most once a second per Store;
+        a `now` that went backwards, as in tests, always probes)."""
+        last = self._last_expired_probe
+        if last is None or not 0 <= now - last < EXPIRED_PROBE_SECONDS:
+            self._last_expired_probe = now
+            return True
+        return False
+
+    def _claim_queued_pg(self, station: Principal, lease_seconds: float, now: float) -> Claim | None:
+        expires = now + lease_seconds
+        with self._statement() as conn:
+            row = conn.execute(_PG_CLAIM_QUEUED, {"station_id": station.id, "station_name": station.name,
+                                                  "expires": expires, "now": now}).first()
+        if row is None:
+            return None
+        return Claim(item_id=row.id, shipment_id=row.shipment_id, pin_request=row.pin_request,
+                     credential_requests=json.loads(row.credential_requests), lease_expires=expires)
 
     @staticmethod
     def _next_claimable(conn: Connection, now: float):
@@ -558,6 +632,16 @@ class Store:
         now = _now(now)
         result = _canonical(product_data if product_data is not None else error)
         state = ItemState.FULFILLED if product_data is not None else ItemState.FAILED
+        outcome = "fulfilled" if error is None else str(error.get("error_code"))
+        event_kind = AuditEvent.FULFILLED if error is None else AuditEvent.FAILED
+        if self._postgresql:
+            with self._statement() as conn:
+                done = conn.execute(_PG_SUBMIT_HELD, {
+                    "state": state.value, "result": result, "now": now, "item_id": item_id,
+                    "station_id": station.id, "station_name": station.name, "event": event_kind.value,
+                    "serial": serial_number, "outcome": outcome}).first()
+            if done is not None:
+                return state
         with self._tx() as conn:
             row = self._locked_item(conn, item_id)
             if ItemState(row.state).finished:
@@ -570,8 +654,6 @@ class Store:
                 .where(items.c.id == item_id)
                 .values(state=state.value, result=result, finished_at=now, lease_expires=None)
             )
-            outcome = "fulfilled" if error is None else str(error.get("error_code"))
-            event_kind = AuditEvent.FULFILLED if error is None else AuditEvent.FAILED
             self._audit(conn, now, event_kind, item_id, row.shipment_id, station=station,
                         serial_number=serial_number, outcome=outcome)
         return state
