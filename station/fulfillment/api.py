@@ -4,7 +4,8 @@ station API under `/v1/station/`, the two JWKS, and the OpenAPI document at `/op
 Every refusal is an `ErrorBody` `{error_code, error_message, error_data}`: 400 for a field limit
 or a JWE header refused at the door (never FastAPI's 422 shape), 401 for a missing or unknown
 bearer token, 403 for a token of the wrong role, 404 for a shipment that is not the caller's,
-409 for a lease the station does not hold, 413 for a body over `MAX_BODY_BYTES`.
+409 for a lease the station does not hold, 413 for a body over `MAX_BODY_BYTES`, 429 (with
+Retry-After) for a client address that presented too many unknown bearer tokens lately.
 The service never opens a request JWE: it checks headers only (`check_request_header`).
 """
 
@@ -12,6 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import threading
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -28,6 +33,7 @@ from station.fulfillment.errors import (
     BadRequest,
     Forbidden,
     PayloadTooLarge,
+    RateLimited,
     ServiceError,
     ServiceUnavailable,
     Unauthorized,
@@ -54,6 +60,8 @@ from station.protocol.messages import ErrorBody, ItemError, ProductData, Shipmen
 
 MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_PURGE_INTERVAL_SECONDS = 3600.0
+DEFAULT_FAILED_TOKEN_LIMIT = 10
+DEFAULT_FAILED_TOKEN_WINDOW_SECONDS = 60.0
 
 _ERRORS = {
     "4XX": {"model": ErrorBody, "description": "Refused: `{error_code, error_message, error_data}`"},
@@ -70,9 +78,13 @@ def create_app(
     keystore: KeyStore,
     *,
     purge_interval: float | None = DEFAULT_PURGE_INTERVAL_SECONDS,
+    failed_token_limit: int = DEFAULT_FAILED_TOKEN_LIMIT,
+    failed_token_window: float = DEFAULT_FAILED_TOKEN_WINDOW_SECONDS,
 ) -> FastAPI:
     """The service's ASGI app over `store` and `keystore`; purges every `purge_interval` seconds
-    (None: never, the caller runs `store.purge`)."""
+    (None: never, the caller runs `store.purge`). A client address that presents
+    `failed_token_limit` unknown bearer tokens within `failed_token_window` seconds is answered
+    429 until the window lets the oldest of them go (`FailedTokenLimit`)."""
     app = FastAPI(
         title="FIDO pre-registration fulfillment service",
         version="1",
@@ -81,6 +93,7 @@ def create_app(
     )
     app.state.store = store
     app.state.keystore = keystore
+    app.state.failed_tokens = FailedTokenLimit(failed_token_limit, failed_token_window)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     _add_error_handlers(app)
     _add_customer_routes(app)
@@ -132,6 +145,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def refused(_request: Request, exc: ServiceError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after)}
         return _error(exc.status, exc.code, exc.message, exc.error_data, headers)
 
     @app.exception_handler(StationError)
@@ -192,13 +207,69 @@ class BodyLimit:
 # -- authentication ------------------------------------------------------------------------
 
 
+class FailedTokenLimit:
+    """The failed-token limit: at most `limit` unknown bearer tokens per client address within
+    any `window` seconds (a sliding window). Once an address reaches it, every token it presents
+    is refused unseen (`RateLimited`) until its oldest failure leaves the window, so guessing
+    gains no answers. Known tokens are never counted; an address's failures are not forgiven by
+    a success either (a customer token must not buy guesses at a station token). At most
+    `max_addresses` addresses are tracked, the least recently failing forgotten first."""
+
+    def __init__(self, limit: int, window: float, *, max_addresses: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("the failed-token limit needs limit >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def check(self, address: str) -> None:
+        """Raise RateLimited while `address` is at the limit."""
+        with self._lock:
+            now = self.clock()
+            failures = self._recent(address, now)
+            if len(failures) >= self.limit:
+                wait = max(1, math.ceil(failures[0] + self.window - now))
+                raise RateLimited(
+                    f"too many unknown bearer tokens from this address: retry in {wait} s",
+                    error_data={"retry_after": wait},
+                )
+
+    def failed(self, address: str) -> None:
+        """Count one unknown token presented by `address`."""
+        with self._lock:
+            now = self.clock()
+            failures = self._recent(address, now)
+            failures.append(now)
+            self._failures[address] = failures
+            self._failures.move_to_end(address)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        """The failures of `address` still inside the window (an address with none is forgotten)."""
+        failures = self._failures.get(address, deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            self._failures.pop(address, None)
+        return failures
+
+
 def _principal(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> Principal:
     if credentials is None:
         raise Unauthorized("a bearer token is required")
+    limit: FailedTokenLimit = request.app.state.failed_tokens
+    address = request.client.host if request.client is not None else "unknown"
+    limit.check(address)
     principal = request.app.state.store.authenticate(credentials.credentials)
     if principal is None:
+        limit.failed(address)
         raise Unauthorized("the bearer token is not known")
     return principal
 

@@ -69,6 +69,19 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class RateLimited(ServiceError):
+    """429: this client address presented too many unknown bearer tokens lately; `retry_after`
+    (in `error_data`, and the Retry-After header) is the whole seconds until it may try again."""
+
+    code = "rate_limited"
+    status = 429
+
+    @property
+    def retry_after(self) -> int:
+        data = self.error_data if isinstance(self.error_data, dict) else {}
+        return int(data.get("retry_after", 60))
+
+
 class ServiceUnavailable(ServiceError):
     """The database or the service cannot be reached."""
 
@@ -79,5 +92,5 @@ class ServiceUnavailable(ServiceError):
 BY_STATUS: dict[int, type[ServiceError]] = {
     cls.status: cls
     for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge,
-                ServiceUnavailable)
+                RateLimited, ServiceUnavailable)
 }

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from station.device.discovery import Device, check_spec, list_devices, new_virtual_key, open_device
-from station.errors import InvalidRequest, StationError, UsageError
+from station.errors import StationError, UsageError
 from station.fulfillment.client import FulfillmentClient
 from station.fulfillment.errors import Conflict, NotFound, ServiceError, ServiceUnavailable
 from station.fulfillment.journal import Journal
@@ -258,10 +258,6 @@ class Station:
         beat.start()
 
         def on_step(name: str, data: dict) -> None:
-            if name == "opened":
-                replayed = [r for r in data["request_ids"] if self.journal.was_fulfilled(r)]
-                if replayed:
-                    raise InvalidRequest(f"request {replayed[0]} was already fulfilled by this station")
             if name == "preflight":
                 if self.stop.is_set() or lost_lease.is_set():
                     raise Abandon()
@@ -282,6 +278,7 @@ class Station:
                 trust=self.trust,
                 on_touch=lambda: self.emit(kind="touch", slot=slot, item=item_id, device=device.label),
                 on_step=on_step,
+                already_fulfilled=self.journal.was_fulfilled,
             )
         except Abandon:
             self._release(item_id, touched=False)

@@ -157,8 +157,13 @@ def provision_item(
     on_touch: Callable[[], None] | None = None,
     on_step: StepCallback | None = None,
     event: threading.Event | None = None,
+    already_fulfilled: Callable[[str], bool] | None = None,
 ) -> ProvisionedItem:
-    """Program one key for one shipment item and seal its responses (ARCHITECTURE.md flow)."""
+    """Program one key for one shipment item and seal its responses (ARCHITECTURE.md flow).
+
+    `already_fulfilled(requestId)` tells of requests fulfilled before (the daemon's journal, or
+    earlier items of one `station fulfill`): such an item is refused with `invalid_request`
+    before its key is touched (PROTOCOL.md §5: each requestId is accepted once)."""
     now = now or datetime.now(timezone.utc)
     step = on_step or (lambda name, data: None)
     item = open_item(
@@ -167,7 +172,11 @@ def provision_item(
         keystore=keystore,
         now=now,
     )
-    step("opened", {"request_ids": [item.pin_request.request_id] + [r.request_id for r, _ in item.credential_requests]})
+    request_ids = [item.pin_request.request_id] + [r.request_id for r, _ in item.credential_requests]
+    replayed = [r for r in request_ids if already_fulfilled and already_fulfilled(r)]
+    if replayed:
+        raise InvalidRequest(f"request {replayed[0]} was already fulfilled")
+    step("opened", {"request_ids": request_ids})
     preflight(device, item, now=now)
     step("preflight", {"aaguid": str(device.aaguid), "serial": device.identity.serial})
 
@@ -210,7 +219,7 @@ def provision_item(
         err.key_touched = touched
         raise err from None
     step("sealed", {})
-    return ProvisionedItem(product_data, [item.pin_request.request_id] + [r.request_id for r, _ in item.credential_requests])
+    return ProvisionedItem(product_data, request_ids)
 
 
 def _describe(exc: Exception) -> str:

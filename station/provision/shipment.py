@@ -96,8 +96,11 @@ def fulfill_shipment(
     on_step: Callable[[int, str, dict], None] | None = None,
     event: threading.Event | None = None,
 ) -> ShipmentResult:
-    """Program one key per shipment item; collect product_data or the item's error."""
+    """Program one key per shipment item; collect product_data or the item's error. An item
+    reusing a requestId an earlier item of this run was fulfilled with is refused
+    (`invalid_request`) before its key is touched."""
     result = ShipmentResult(output={"shipment_items": []})
+    fulfilled: set[str] = set()
     for index, customization in _customizations(shipment):
         report = ItemReport(index=index, device=None, ok=False)
         step: StepCallback = (lambda name, data, i=index: on_step(i, name, data)) if on_step else None
@@ -119,8 +122,10 @@ def fulfill_shipment(
                     on_touch=(lambda d=device: on_touch(d)) if on_touch else None,
                     on_step=step,
                     event=event,
+                    already_fulfilled=fulfilled.__contains__,
                 )
             entry = provisioned.product_data
+            fulfilled.update(provisioned.request_ids)
             report.ok = True
         except StationError as exc:
             entry = {"error_code": exc.code, "error_message": exc.message}

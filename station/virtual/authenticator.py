@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -365,12 +366,15 @@ class VirtualAuthenticator:
 
 
 def _decode_params(data: bytes) -> dict[Any, Any]:
-    """The command's CBOR map (empty when no parameters); INVALID_CBOR / CBOR_UNEXPECTED_TYPE."""
+    """The command's CBOR map (empty when no parameters); INVALID_CBOR / CBOR_UNEXPECTED_TYPE.
+
+    fido2.cbor raises struct.error on a truncated length and RecursionError on nesting far
+    beyond the four levels CTAP 2.1 §8 allows: both are malformed CBOR here."""
     if not data:
         return {}
     try:
         value, rest = cbor.decode_from(data)
-    except (ValueError, IndexError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, IndexError, KeyError, TypeError, struct.error, RecursionError):
         raise CtapError(ERR.INVALID_CBOR) from None
     if rest:
         raise CtapError(ERR.INVALID_CBOR)

@@ -145,6 +145,20 @@ def check_protocol(key: VirtualAuthenticator, params: dict[int, Any], key_id: in
     return protocol
 
 
+def subcommand_handler(params: dict[Any, Any], key_id: int, handlers: dict[int, Any]) -> Any:
+    """The handler of the `subCommand` parameter: MISSING_PARAMETER if absent,
+    CBOR_UNEXPECTED_TYPE if not an unsigned integer, INVALID_SUBCOMMAND if unknown."""
+    sub = params.get(key_id)
+    if sub is None:
+        raise CtapError(ERR.MISSING_PARAMETER)
+    if not isinstance(sub, int) or isinstance(sub, bool):
+        raise CtapError(ERR.CBOR_UNEXPECTED_TYPE)
+    handler = handlers.get(sub)
+    if handler is None:
+        raise CtapError(ERR.INVALID_SUBCOMMAND)
+    return handler
+
+
 def _required(params: dict[int, Any], *keys: int) -> None:
     if any(params.get(k) is None for k in keys):
         raise CtapError(ERR.MISSING_PARAMETER)
@@ -171,12 +185,8 @@ class ClientPinCommand:
 
     def __call__(self, request: Request) -> dict[int, Any] | None:
         params = request.params
-        sub = params.get(P.SUB_COMMAND)
-        if sub is None:
-            raise CtapError(ERR.MISSING_PARAMETER)
-        handler = self.handlers.get(sub)
-        if handler is None:
-            raise CtapError(ERR.INVALID_SUBCOMMAND)
+        handler = subcommand_handler(params, P.SUB_COMMAND, self.handlers)
+        sub = params[P.SUB_COMMAND]
         if sub != ClientPin.CMD.GET_PIN_RETRIES:
             params = dict(params, protocol=check_protocol(self.key, params, P.PIN_UV_AUTH_PROTOCOL))
         return handler(params)

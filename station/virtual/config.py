@@ -16,7 +16,7 @@ from fido2.ctap import CtapError
 from fido2.ctap2.config import Config
 from fido2.ctap2.pin import ClientPin
 
-from .client_pin import check_protocol
+from .client_pin import check_protocol, subcommand_handler
 
 if TYPE_CHECKING:
     from .authenticator import Request, VirtualAuthenticator
@@ -46,12 +46,8 @@ class ConfigCommand:
 
     def __call__(self, request: Request) -> None:
         p = request.params
-        sub = p.get(P.SUB_COMMAND)
-        if sub is None:
-            raise CtapError(ERR.MISSING_PARAMETER)
-        handler = self.handlers.get(sub)
-        if handler is None:
-            raise CtapError(ERR.INVALID_SUBCOMMAND)
+        handler = subcommand_handler(p, P.SUB_COMMAND, self.handlers)
+        sub = p[P.SUB_COMMAND]
         sub_params = p.get(P.SUB_COMMAND_PARAMS)
         if sub_params is not None and not isinstance(sub_params, dict):
             raise CtapError(ERR.CBOR_UNEXPECTED_TYPE)

@@ -19,7 +19,7 @@ from fido2.ctap2.credman import CredentialManagement
 from fido2.ctap2.pin import ClientPin
 from fido2.utils import websafe_decode, websafe_encode
 
-from .client_pin import check_protocol
+from .client_pin import check_protocol, subcommand_handler
 from .credentials import unwrap
 from .state import StoredCredential
 
@@ -64,12 +64,8 @@ class CredentialManagementCommand:
 
     def __call__(self, request: Request) -> dict[int, Any] | None:
         p = request.params
-        sub = p.get(P.SUB_COMMAND)
-        if sub is None:
-            raise CtapError(ERR.MISSING_PARAMETER)
-        handler = self.handlers.get(sub)
-        if handler is None:
-            raise CtapError(ERR.INVALID_SUBCOMMAND)
+        handler = subcommand_handler(p, P.SUB_COMMAND, self.handlers)
+        sub = p[P.SUB_COMMAND]
         if sub not in (CMD.ENUMERATE_RPS_NEXT, CMD.ENUMERATE_CREDS_NEXT):
             self.forget_enumeration()
         sub_params = p.get(P.SUB_COMMAND_PARAMS)
