@@ -309,7 +309,7 @@ def run(ctx: click.Context, config_file: Path | None, **_options) -> None:
     """The station daemon: claim items, program keys, return sealed responses.
     Options: command line > STATION_RUN_* > the TOML [run] table > defaults."""
     from station.config import load_run_settings
-    from station.console import event_printer
+    from station.console import run_events
     from station.fulfillment.runner import RunOptions, run_station
 
     settings = load_run_settings(given_options(ctx, *RUN_OPTIONS), config_file, require=("service", "token", "keys_dir"))
@@ -320,7 +320,8 @@ def run(ctx: click.Context, config_file: Path | None, **_options) -> None:
         heartbeat_seconds=settings.heartbeat_every, profile=settings.profile,
         virtual_transport=settings.virtual_transport, trust_test_ca=settings.trust_test_ca, roots=settings.roots,
     )
-    run_station(opts, on_event=event_printer(as_json=settings.as_json))
+    with run_events(as_json=settings.as_json, slots=settings.slots) as on_event:
+        run_station(opts, on_event=on_event)
 
 
 # ---------------------------------------------------------------- fulfillment service (serve, tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 from rich.console import Console
 from rich.table import Table
@@ -174,3 +175,85 @@ def print_bench(results: dict) -> None:
 def _verdict(value: float, target: float, *, lower: bool) -> str:
     ok = value <= target if lower else value >= target
     return f"[{'green' if ok else 'red'}]{value:.2f}×[/]" if lower else f"[{'green' if ok else 'red'}]{value:.3f}[/]"
+
+
+class SlotBoard:
+    """`station run` on a terminal: a live table, one row per slot, that tells the technician
+    what each key is doing and what to do next (touch it, pull it, reset it). Events that are
+    not about one slot's progress (restarts, service trouble) print above the table."""
+
+    STEP_TEXT = {
+        "opened": "requests opened", "preflight": "checked", "pin_set": "PIN set", "credential": "credential made",
+        "configured": "PIN change forced", "verified": "attestation verified", "sealed": "responses sealed",
+    }
+
+    def __init__(self, slots: int) -> None:
+        from rich.live import Live
+
+        self.rows = {n: {"model": "", "serial": "", "shipment": "", "step": "starting", "outcome": "",
+                         "started": None, "alert": False} for n in range(1, slots + 1)}
+        self.finished = {"fulfilled": 0, "failed": 0}
+        self.live = Live(console=err_console, get_renderable=self.table, refresh_per_second=4)
+        self._lines = event_printer(as_json=False)
+
+    def __enter__(self) -> SlotBoard:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        kind, slot = event.get("kind"), event.get("slot")
+        row = self.rows.get(slot)
+        if row is None:  # not about one slot: a line above the table
+            self._lines(event)
+            return
+        if kind == "waiting_key":
+            row.update(step="waiting for a key", started=None, alert=False)
+        elif kind == "queue_empty":
+            row.update(step="queue empty: waiting for orders")
+        elif kind == "claimed":
+            row.update(model=event.get("model") or "", serial=event.get("serial") or "", shipment=(event.get("shipment") or "")[:8],
+                       step="claimed", outcome="", started=time.monotonic(), alert=False)
+        elif kind == "step":
+            row["step"] = self.STEP_TEXT.get(event.get("step"), event.get("step"))
+        elif kind == "touch":
+            row.update(step="[bold yellow]TOUCH THE KEY[/]", alert=True)
+        elif kind == "fulfilled":
+            self.finished["fulfilled"] += 1
+            row.update(outcome="[green]fulfilled[/]", alert=False)
+        elif kind == "failed":
+            self.finished["failed"] += 1
+            reset = " — reset the key" if event.get("key_touched") else ""
+            row.update(outcome=f"[bold red]{event.get('error_code')}{reset}[/]", alert=True)
+            self._lines(event)
+        elif kind == "not_fresh":
+            row.update(outcome="[bold red]not fresh — reset the key[/]", alert=True)
+        elif kind == "remove_key":
+            row["step"] = "[bold]REMOVE THE KEY[/]"
+        elif kind == "abandoned":
+            row.update(step="given back untouched", outcome="")
+        else:
+            self._lines(event)
+
+    def table(self) -> Table:
+        done = self.finished
+        table = Table(title=f"station run — {done['fulfilled']} fulfilled, {done['failed']} failed")
+        for column in ("slot", "model", "serial", "shipment", "step", "elapsed", "outcome"):
+            table.add_column(column, no_wrap=column in ("slot", "serial", "shipment", "elapsed"))
+        for n, row in self.rows.items():
+            elapsed = f"{time.monotonic() - row['started']:.1f} s" if row["started"] else ""
+            table.add_row(str(n), row["model"], row["serial"], row["shipment"], row["step"], elapsed, row["outcome"],
+                          style="on dark_red" if row["alert"] and "red" in row["outcome"] else None)
+        return table
+
+
+def run_events(*, as_json: bool, slots: int):
+    """The right view of the daemon's events: JSON lines, a live slot table on a terminal, or
+    plain lines (a service's journal). A context manager yielding the event callback."""
+    from contextlib import nullcontext
+
+    if as_json or not err_console.is_terminal:
+        return nullcontext(event_printer(as_json=as_json))
+    return SlotBoard(slots)
