@@ -29,11 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,10 +39,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import uvicorn  # noqa: E402
 
 from station.customer.orders import SealedItem, seal_item, shipment_body  # noqa: E402
-from station.fulfillment.api import create_app  # noqa: E402
+from station.fulfillment.embedded import EmbeddedService  # noqa: E402
 from station.fulfillment.client import FulfillmentClient  # noqa: E402
 from station.fulfillment.journal import Journal  # noqa: E402
 from station.fulfillment.runner import FAULT_ENV  # noqa: E402
@@ -82,32 +79,16 @@ class Cell:
                 and not (self.lost or self.duplicated or self.orphaned))
 
 
-class Service:
-    """The fulfillment service under uvicorn in a thread, on a socket bound to 127.0.0.1."""
+class Service(EmbeddedService):
+    """The fulfillment service under uvicorn in a thread on 127.0.0.1, over a fresh key store and
+    SQLite file in `folder`."""
 
     def __init__(self, folder: Path) -> None:
         self.keystore = KeyStore.init(folder / "keys")
-        self.store = Store.open(f"sqlite:///{folder}/service.db")
-        app = create_app(self.store, self.keystore, purge_interval=None)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        super().__init__(Store.open(f"sqlite:///{folder}/service.db"), self.keystore, purge_interval=None)
 
-    def __enter__(self) -> Service:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
         self.store.close()
 
 

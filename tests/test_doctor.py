@@ -8,15 +8,12 @@ import json
 import os
 import shutil
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
 
 from station import config, doctor
@@ -39,7 +36,7 @@ from station.doctor import (
     parse_udev_rule,
     read_udev_rules,
 )
-from station.fulfillment.api import create_app
+from station.fulfillment.embedded import EmbeddedService
 from station.fulfillment.store import Role, Store
 from station.protocol.keys import KeyStore
 
@@ -325,37 +322,14 @@ def test_an_unreadable_store_fails_with_restore(keys_dir, damage):
 
 
 # ---------------------------------------------------------------- the service
-class Service:
-    """The real fulfillment API under uvicorn in a thread, on 127.0.0.1 (stopped by the fixture)."""
-
-    def __init__(self, store: Store, keystore: KeyStore) -> None:
-        self.store = store
-        self.server = uvicorn.Server(uvicorn.Config(create_app(store, keystore, purge_interval=None),
-                                                    log_level="warning"))
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-        assert not self.thread.is_alive(), "uvicorn did not stop"
-
-
 @pytest.fixture
-def service(tmp_path, keys_dir) -> Iterator[Service]:
+def service(tmp_path, keys_dir) -> Iterator[EmbeddedService]:
     store = Store.open(f"sqlite:///{tmp_path}/service.db")
-    running = Service(store, KeyStore.open(keys_dir))
-    yield running
-    running.stop()
-    store.close()
+    try:
+        with EmbeddedService(store, KeyStore.open(keys_dir), purge_interval=None) as running:
+            yield running
+    finally:
+        store.close()
 
 
 def test_the_service_keys_pass_when_reachable_and_held(service, keys_dir):

@@ -123,30 +123,12 @@ def fulfillment(factory) -> FakeFulfillment:
 def live_service(factory, tmp_path):
     """The real fulfillment service (uvicorn on 127.0.0.1, SQLite) over the factory's key store
     → (base_url, customer token, station token); stopped at teardown."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    from station.fulfillment.api import create_app
+    from station.fulfillment.embedded import EmbeddedService
     from station.fulfillment.store import Role, Store
 
     store = Store.open(f"sqlite:///{tmp_path}/service.db")
-    server = uvicorn.Server(uvicorn.Config(create_app(store, factory.keystore), log_level="warning"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
-    thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
-        yield (f"http://127.0.0.1:{sock.getsockname()[1]}",
-               store.create_token(Role.CUSTOMER, "entra"), store.create_token(Role.STATION, "bench-1"))
+        with EmbeddedService(store, factory.keystore) as service:
+            yield (service.url, store.create_token(Role.CUSTOMER, "entra"), store.create_token(Role.STATION, "bench-1"))
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
         store.close()

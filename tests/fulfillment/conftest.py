@@ -3,16 +3,12 @@ JWEs, shipment bodies, and a real uvicorn serving the API on 127.0.0.1."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-import uvicorn
 
-from station.fulfillment.api import create_app
+from station.fulfillment.embedded import EmbeddedService
 from station.fulfillment.pgcluster import PrivateCluster
 from station.fulfillment.store import Role, Store
 from station.protocol.jose import seal_request
@@ -93,31 +89,8 @@ def shipment_body(make_jwe) -> Callable[..., dict]:
     return body
 
 
-class Service:
-    """A uvicorn serving the API in a thread, on a socket bound to 127.0.0.1 beforehand."""
-
-    def __init__(self, store: Store, keystore: KeyStore, *, purge_interval: float | None) -> None:
-        self.store = store
-        app = create_app(store, keystore, purge_interval=purge_interval)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-
-    def start(self) -> Service:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-        assert not self.thread.is_alive(), "uvicorn did not stop"
+class Service(EmbeddedService):
+    """The API served by uvicorn in a thread on 127.0.0.1 (station.fulfillment.embedded)."""
 
     def token(self, role: Role, name: str) -> str:
         return self.store.create_token(role, name)
