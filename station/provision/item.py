@@ -25,6 +25,7 @@ from station.errors import (
     Expired,
     InvalidRequest,
     StationError,
+    UserPresenceTimeout,
 )
 from station.protocol.jose import open_request, request_digest, seal_response
 from station.protocol.keys import KeyStore
@@ -210,10 +211,14 @@ def provision_item(
         step("verified", {})
         product_data = _seal(device, item, pin, made, keystore)
     except StationError as exc:
-        exc.key_touched = touched
-        if touched and not isinstance(exc, (DeviceError, DeviceNotFresh)):
-            raise DeviceError(f"{exc.message}; the key was written to: reset it before reuse") from exc
-        raise
+        if not touched:
+            raise
+        if not isinstance(exc, (DeviceError, DeviceNotFresh, UserPresenceTimeout)):
+            exc = DeviceError(exc.message)  # a failure after the first write is the key's (PROTOCOL.md §4)
+        if "reset" not in exc.message:
+            exc.args = (f"{exc.message}; the key was written to: reset it before reuse",)
+        exc.key_touched = True
+        raise exc from None
     except (CtapError, OSError) as exc:
         err = DeviceError(f"the key failed midway ({_describe(exc)}); reset it before reuse")
         err.key_touched = touched

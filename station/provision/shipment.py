@@ -19,7 +19,7 @@ from station.errors import DeviceError, StationError, UsageError
 from station.protocol.keys import KeyStore
 from station.protocol.messages import ShipmentRequest
 from station.provision.genuine import TrustStore
-from station.provision.item import StepCallback, provision_item
+from station.provision.item import provision_item
 
 #: A device source: item index → a context manager yielding the open Device for that item.
 DeviceSource = Callable[[int], AbstractContextManager[Device]]
@@ -42,6 +42,7 @@ class ItemReport:
 class ShipmentResult:
     output: dict  # {"shipment_items": [{"product_data": [...]}]}
     reports: list[ItemReport] = field(default_factory=list)
+    cancelled: bool = False
 
     @property
     def all_fulfilled(self) -> bool:
@@ -103,7 +104,17 @@ def fulfill_shipment(
     fulfilled: set[str] = set()
     for index, customization in _customizations(shipment):
         report = ItemReport(index=index, device=None, ok=False)
-        step: StepCallback = (lambda name, data, i=index: on_step(i, name, data)) if on_step else None
+        if result.cancelled:
+            _fail(result, report, "not attempted: the run was cancelled")
+            continue
+        touched = {"maybe": False}
+
+        def step(name: str, data: dict, i: int = index, touched=touched) -> None:
+            if name == "preflight":  # the key is written to right after
+                touched["maybe"] = True
+            if on_step:
+                on_step(i, name, data)
+
         try:
             try:
                 opened = devices(index)
@@ -130,10 +141,22 @@ def fulfill_shipment(
         except StationError as exc:
             entry = {"error_code": exc.code, "error_message": exc.message}
             report.error_code, report.error_message = exc.code, exc.message
-            report.key_touched = getattr(exc, "key_touched", False)
+            report.key_touched = exc.key_touched
+        except KeyboardInterrupt:  # Ctrl-C: keep what is done, say what the key in hand needs
+            result.cancelled = True
+            report.key_touched = touched["maybe"]
+            reset = "; the key may have been written to: reset it before reuse" if touched["maybe"] else ""
+            _fail(result, report, f"cancelled by the technician{reset}")
+            continue
         result.output["shipment_items"].append({"product_data": [entry]})
         result.reports.append(report)
     return result
+
+
+def _fail(result: ShipmentResult, report: ItemReport, message: str) -> None:
+    report.error_code, report.error_message = "device_error", message
+    result.output["shipment_items"].append({"product_data": [{"error_code": "device_error", "error_message": message}]})
+    result.reports.append(report)
 
 
 def _customizations(shipment: ShipmentRequest) -> Iterator[tuple[int, object]]:
@@ -182,4 +205,6 @@ def fulfill_files(
     for report in result.reports:
         item_line(report)
     atomic_write(Path(out_file), json.dumps(result.output, indent=2).encode() + b"\n", mode=0o644)
+    if result.cancelled:
+        raise StationError(f"the items done so far are in {out_file}; the others were not attempted", code="cancelled")
     return result.all_fulfilled

@@ -192,3 +192,39 @@ def test_an_unreachable_service_is_retried_until_stopped(keystore, tmp_path):
     kinds = [json.loads(line)["kind"] for line in out.splitlines() if line.startswith("{")]
     assert "service_error" in kinds and "stopping" in kinds
     assert proc.returncode == 0, err
+
+
+def test_a_stop_before_the_key_is_written_gives_the_item_back_untouched(service, customer, keystore, tmp_path):
+    shipment_id, items = order(customer, 2)
+    station = Station(station_opts(service, keystore, tmp_path))
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event.get("step") == "opened":  # SIGTERM arrives while the requests are being opened
+            station.stop.set()
+
+    station._emit = on_event
+    assert station.run() == 0
+    kinds = [e["kind"] for e in events]
+    assert "abandoned" in kinds and "fulfilled" not in kinds
+    assert not any(e.get("step") == "pin_set" for e in events)
+    assert service.store.counts()["queued"] == 2  # both items still in the queue, none claimed
+    assert Journal(tmp_path / "journal").open_items() == []
+
+
+def test_a_stop_after_the_key_is_written_finishes_that_item_first(service, customer, keystore, tmp_path):
+    shipment_id, items = order(customer, 2)
+    station = Station(station_opts(service, keystore, tmp_path))
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event.get("step") == "pin_set":
+            station.stop.set()
+
+    station._emit = on_event
+    assert station.run() == 1  # the item in hand is finished, the next one is not started
+    assert [e["kind"] for e in events].count("fulfilled") == 1
+    counts = service.store.counts()
+    assert counts["fulfilled"] == 1 and counts["queued"] == 1

@@ -118,3 +118,28 @@ def test_devices_lists_nothing_without_hardware_and_says_so(monkeypatch):
     assert result.exit_code == 0 and "No authenticator attached" in result.output
     result = CliRunner().invoke(cli, ["devices", "--json"])
     assert result.exit_code == 0 and json.loads(result.output) == []
+
+
+def test_ctrl_c_keeps_the_items_done_and_names_the_key_in_hand(tmp_path, keystore, order, monkeypatch):
+    import station.provision.shipment as shipment_module
+
+    real = shipment_module.provision_item
+    calls = {"n": 0}
+
+    def interrupted_on_the_second_item(**kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            kw["on_step"]("preflight", {})  # the key of item 2 is about to be written
+            raise KeyboardInterrupt
+        return real(**kw)
+
+    monkeypatch.setattr(shipment_module, "provision_item", interrupted_on_the_second_item)
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(cli, [
+        "fulfill", write_shipment(tmp_path, [order("okta"), order("okta"), order("okta")]), "--keys",
+        str(keystore.path), "--device", f"virtual:{tmp_path}/vkeys/", "--profile", "yubikey-5-nfc-5.7", "--out", str(out)])
+    assert result.exit_code == 1 and "cancelled:" in result.output and "Traceback" not in result.output
+    items = [i["product_data"][0] for i in json.loads(out.read_text())["shipment_items"]]
+    assert "fido_pin_response" in items[0]  # the sealed result of item 1 is not lost
+    assert items[1]["error_code"] == "device_error" and "reset it" in items[1]["error_message"]
+    assert items[2]["error_message"] == "not attempted: the run was cancelled"

@@ -222,3 +222,19 @@ def test_no_pin_reaches_a_log_an_error_or_a_file(make_key, order, keystore, trus
     with pytest.raises(StationError) as failed:
         run_item(device, order("okta"), keystore, trust)
     assert pin.pin not in str(failed.value)
+
+
+def test_a_key_nobody_touches_is_a_user_presence_timeout_and_needs_a_reset(tmp_path, order, keystore, trust):
+    from station.device.discovery import open_device
+    from station.virtual import PresencePolicy, new_virtual
+
+    new_virtual(tmp_path / "slow.json", "yubikey-5-nfc-5.7").close()
+    device = open_device(f"virtual:{tmp_path / 'slow.json'}", presence=PresencePolicy.never(timeout=0.3))
+    touches = []
+    try:
+        with pytest.raises(StationError) as failed:
+            run_item(device, order("okta"), keystore, trust, on_touch=lambda: touches.append(1))
+    finally:
+        device.close()
+    assert failed.value.code == "user_presence_timeout" and failed.value.key_touched
+    assert touches  # the technician was asked to touch the key
