@@ -1,7 +1,10 @@
 """Device-side ISO 7816-4 FIDO applet (CTAP 2.1 §11.3 "ISO7816, ISO14443 and NFC").
 
 `FidoApplet` is the card as a reader sees it: APDUs in, response APDUs out. It answers
-- SELECT of the FIDO AID A0000006472F0001 with "FIDO_2_0" (no U2F, so not "U2F_V2");
+- SELECT of the FIDO AID A0000006472F0001 with "U2F_V2" on a profile with CTAP1/U2F, else
+  "FIDO_2_0" (CTAP 2.1 §11.3.3);
+- U2F_REGISTER / U2F_AUTHENTICATE / U2F_VERSION (CLA 00, INS 01-03, short or extended, with
+  command chaining and 61xx like any command) on a profile with U2F, by `process_u2f`;
 - NFCCTAP_MSG (CLA 80, INS 10) carrying a CTAP command byte + CBOR, with short-APDU command
   chaining (CLA bit 0x10) at any block size and extended APDUs; replies longer than Ne come in
   pieces with SW 61xx, fetched by GET RESPONSE (INS C0);
@@ -14,7 +17,8 @@
   whatever applet is selected (the station sends it with the FIDO applet selected);
 - ISO errors: 6700 wrong length, 6883 last command of a chain expected, 6985 conditions not
   satisfied, 6A82 application not found, 6A86 incorrect P1/P2, 6A88 data not found, 6D00 INS not
-  supported (U2F INS 01–03 included), 6E00 CLA not supported, 6F00 the authenticator failed.
+  supported (U2F INS 01–03 too without U2F), 6E00 CLA not supported, 6F00 the authenticator
+  failed; U2F's own status words (u2f.py) otherwise.
 
 Assumptions: a command without Le is answered as if Le were 256 (short) or 65536 (extended),
 as contactless cards do in practice; chained data is capped at 7609 bytes (the CTAPHID limit).
@@ -119,6 +123,7 @@ class FidoApplet:
     AID_FIDO = bytes.fromhex("A0000006472F0001")
     AID_MANAGEMENT = bytes.fromhex("A000000527471117")
     SELECT_REPLY = b"FIDO_2_0"
+    SELECT_REPLY_U2F = b"U2F_V2"
     #: How long NFCCTAP_MSG / NFCCTAP_GETRESPONSE wait before answering 9100 (keepalive).
     KEEPALIVE_INTERVAL = 0.1
     MAX_CHAINED_DATA = 7609
@@ -263,7 +268,8 @@ class FidoApplet:
             raise _StatusWord(self.SW.INCORRECT_P1P2)
         if cmd.data == self.AID_FIDO:
             self._selected = self.AID_FIDO
-            return self.SELECT_REPLY, self.SW.OK
+            u2f = self._authenticator.profile.u2f
+            return (self.SELECT_REPLY_U2F if u2f else self.SELECT_REPLY), self.SW.OK
         if cmd.data == self.AID_MANAGEMENT and self._has_management:
             self._selected = self.AID_MANAGEMENT
             version = ".".join(str(part) for part in self._authenticator.profile.firmware)
@@ -292,7 +298,16 @@ class FidoApplet:
             return self._nfcctap_msg(cmd)
         if cmd.cla == self.CLA.PROPRIETARY and cmd.ins == self.INS.NFCCTAP_GETRESPONSE:
             return self._nfcctap_getresponse(cmd)
-        raise _StatusWord(self.SW.INS_NOT_SUPPORTED)  # U2F (INS 01-03) is not spoken
+        if cmd.cla == self.CLA.ISO and self._authenticator.profile.u2f:
+            return self._u2f(cmd)
+        raise _StatusWord(self.SW.INS_NOT_SUPPORTED)
+
+    def _u2f(self, cmd: CommandApdu) -> tuple[bytes, int]:
+        """A U2F command (after chaining), passed on as an extended-length request message."""
+        lc = len(cmd.data).to_bytes(2, "big") if cmd.data else b""
+        message = bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2, 0]) + lc + cmd.data + b"\x00\x00"
+        response = self._authenticator.process_u2f(message)
+        return response[:-2], int.from_bytes(response[-2:], "big")
 
     def _nfcctap_msg(self, cmd: CommandApdu) -> tuple[bytes, int]:
         """NFCCTAP_MSG: run the CTAP request; poll-able when P1 bit 0x80 is set."""

@@ -2,7 +2,8 @@
 selection, and the vendor identity hooks (yubikit management config, GlobalPlatform CPLC).
 
 `process()` takes what a CTAPHID_CBOR / NFCCTAP_MSG frame carries (command byte + CBOR map)
-and returns the status byte + canonical CBOR, exactly as a real key answers.
+and returns the status byte + canonical CBOR, exactly as a real key answers; `process_u2f()`
+takes a CTAP1/U2F request message (CTAPHID_MSG, or an ISO 7816 U2F APDU) on a profile with U2F.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .errors import VirtualError
 from .presence import Keepalive, LatencyModel, PresencePolicy
 from .profiles import PROFILES, STATIC_OPTIONS, Profile
 from .state import KeyState, StateFile
+from .u2f import U2fCommands
 
 ERR = CtapError.ERR
 CMD = Ctap2.CMD
@@ -103,6 +105,7 @@ class VirtualAuthenticator:
         self.credential_commands = CredentialCommands(self)
         self.config_command = ConfigCommand(self)
         self.credman_command = CredentialManagementCommand(self)
+        self.u2f_commands = U2fCommands(self)
         self.pin_uv = PinUvAuth()
         self.powered_up = time.monotonic()
         self._handlers = self._dispatch_table()
@@ -199,6 +202,22 @@ class VirtualAuthenticator:
                 return bytes([exc.code])
         return b"\x00" if response is None else b"\x00" + cbor.encode(response)
 
+    def process_u2f(
+        self,
+        request: bytes,
+        *,
+        keepalive: Callable[[int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> bytes:
+        """A U2F request message (ISO 7816-4 APDU) in; response data + SW1 SW2 out.
+        Only for a profile with U2F (the transports route CTAPHID_MSG and U2F APDUs here)."""
+        if not self.profile.u2f:
+            raise VirtualError(f"{self.profile.model} does not speak CTAP1/U2F")
+        with self._lock:
+            self.credential_commands.forget_assertions()
+            self.credman_command.forget_enumeration()
+            return self.u2f_commands.process(request, keepalive, cancel)
+
     def _process(
         self, request: bytes, keepalive: Keepalive | None, cancel: threading.Event | None
     ) -> dict | None:
@@ -250,7 +269,7 @@ class VirtualAuthenticator:
         if p.enterprise_attestation:
             options["ep"] = s.enterprise_attestation
         info: dict[int, Any] = {
-            INFO.VERSIONS: list(p.versions),
+            INFO.VERSIONS: [v for v in p.versions if not (v == "U2F_V2" and s.always_uv)],
             INFO.EXTENSIONS: list(p.extensions),
             INFO.AAGUID: self.aaguid,
             INFO.OPTIONS: options,
@@ -307,6 +326,7 @@ class VirtualAuthenticator:
             self.pin_uv = PinUvAuth()
             self.credential_commands.forget_assertions()
             self.credman_command.forget_enumeration()
+            self.u2f_commands.forget_presence()
             self.powered_up = time.monotonic()
 
     def wink(self) -> None:

@@ -228,7 +228,7 @@ class CredentialCommands:
         if self.key.profile.ctap21 and self.key.pin_uv.token is not None:
             self.key.pin_uv.token.clear_permissions_except_lbw()
 
-    def _next_counter(self) -> int:
+    def next_counter(self) -> int:
         self.key.state.sign_count += 1
         return self.key.state.sign_count
 
@@ -266,7 +266,7 @@ class CredentialCommands:
             raise CtapError(ERR.PIN_NOT_SET)
         enterprise = self._enterprise_attestation(p.get(MC.ENTERPRISE_ATTESTATION))
         for cred_id in _descriptors(p.get(MC.EXCLUDE_LIST)):
-            excluded = self._lookup(rp_id_hash, cred_id)
+            excluded = self.lookup(rp_id_hash, cred_id)
             if excluded is not None and (excluded.cred_protect != CredProtect.UV_REQUIRED or uv):
                 request.user_presence()
                 raise CtapError(ERR.CREDENTIAL_EXCLUDED)
@@ -296,7 +296,7 @@ class CredentialCommands:
         auth_data = AuthenticatorData.create(
             rp_id_hash,
             flags,
-            self._next_counter(),
+            self.next_counter(),
             AttestedCredentialData.create(self.key.aaguid, cred.credential_id, cred.public_key()),
             ext_out or None,
         )
@@ -358,7 +358,7 @@ class CredentialCommands:
             )
         )
 
-    def _lookup(self, rp_id_hash: bytes, cred_id: bytes) -> Credential | None:
+    def lookup(self, rp_id_hash: bytes, cred_id: bytes) -> Credential | None:
         """A credential of this key for this RP; a discoverable one must still be stored."""
         cred = unwrap(self.wrapping_key, rp_id_hash, cred_id)
         if cred is not None and cred.discoverable and self.stored(cred_id) is None:
@@ -433,7 +433,7 @@ class CredentialCommands:
         creds: list[Credential] = []
         if allow:
             for cred_id in allow:
-                cred = self._lookup(rp_id_hash, cred_id)
+                cred = self.lookup(rp_id_hash, cred_id)
                 if cred is not None and (uv or cred.cred_protect != CredProtect.UV_REQUIRED):
                     creds.append(cred)
                     stored = self.stored(cred_id)
@@ -483,7 +483,7 @@ class CredentialCommands:
             ext_out["hmac-secret"] = PROTOCOLS[protocol]().encrypt(shared, output)
         flags = pending.flags | (FLAG.ED if ext_out else 0)
         auth_data = AuthenticatorData.create(
-            pending.rp_id_hash, FLAG(flags), self._next_counter(), b"", ext_out or None
+            pending.rp_id_hash, FLAG(flags), self.next_counter(), b"", ext_out or None
         )
         self.key.save()
         response: dict[int, Any] = {

@@ -17,7 +17,8 @@ CTAP_READ_CONFIG = CTAPHID.VENDOR_FIRST + 2
 
 
 class VirtualCtapDevice(CtapDevice):
-    """Calls `VirtualAuthenticator.process` in-process, as CTAPHID_CBOR would (no U2F/CTAP1).
+    """Calls `VirtualAuthenticator.process` in-process, as CTAPHID_CBOR would, and
+    `process_u2f` for CTAPHID_MSG on a profile with CTAP1/U2F (so fido2.ctap1.Ctap1 works).
 
     Like python-fido2's CtapHidDevice it has `device_version`, and a YubiKey profile answers
     the vendor command READ_CONFIG, so yubikit's ManagementSession reads its serial over it.
@@ -33,7 +34,8 @@ class VirtualCtapDevice(CtapDevice):
 
     @property
     def capabilities(self) -> int:
-        return CAPABILITY.CBOR | CAPABILITY.WINK | CAPABILITY.NMSG
+        nmsg = CAPABILITY(0) if self.authenticator.profile.u2f else CAPABILITY.NMSG
+        return CAPABILITY.CBOR | CAPABILITY.WINK | nmsg
 
     def call(
         self,
@@ -42,10 +44,12 @@ class VirtualCtapDevice(CtapDevice):
         event: Event | None = None,
         on_keepalive: Callable[[STATUS], None] | None = None,
     ) -> bytes:
-        """CTAPHID_CBOR → process(); WINK → wink(); READ_CONFIG (YubiKey) → management_config();
-        anything else CtapError INVALID_COMMAND."""
+        """CTAPHID_CBOR → process(); MSG (U2F profiles) → process_u2f(); WINK → wink();
+        READ_CONFIG (YubiKey) → management_config(); anything else CtapError INVALID_COMMAND."""
         if cmd == CTAPHID.CBOR:
             return self.authenticator.process(data, keepalive=_once_per_status(on_keepalive), cancel=event)
+        if cmd == CTAPHID.MSG and self.authenticator.profile.u2f:
+            return self.authenticator.process_u2f(data, keepalive=_once_per_status(on_keepalive), cancel=event)
         if cmd == CTAPHID.WINK:
             self.authenticator.wink()
             return b""

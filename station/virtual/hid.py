@@ -2,8 +2,9 @@
 
 `VirtualHidDevice` is the authenticator's HID interface: it takes 64-byte output reports from
 the host, reassembles messages (initialization packet + continuation packets), allocates
-channels, answers CTAPHID_INIT, PING, WINK, CBOR, MSG, CANCEL and the YubiKey vendor command
-READ_CONFIG, sends KEEPALIVE while a CBOR request waits, and reports framing faults with
+channels, answers CTAPHID_INIT, PING, WINK, CBOR, MSG (CTAP1/U2F, on a profile with U2F; else
+ERR_INVALID_CMD and capability NMSG), CANCEL and the YubiKey vendor command READ_CONFIG, sends
+KEEPALIVE while a CBOR or MSG request waits, and reports framing faults with
 CTAPHID_ERROR. Every opener of the device receives every input report, as with a real hidraw
 node; a client ignores (or, like python-fido2, rejects) reports for channels other than its own.
 
@@ -12,7 +13,7 @@ node; a client ignores (or, like python-fido2, rejects) reports for channels oth
 
 Assumptions (not fixed by the spec): the message timeout (ERR_MSG_TIMEOUT) is 0.5 s from the
 initialization packet; a CTAPHID_INIT is served even while another channel is busy (it starts
-no transaction); U2F is not implemented, hence capability NMSG and ERR_INVALID_CMD for MSG.
+no transaction).
 """
 
 from __future__ import annotations
@@ -65,9 +66,10 @@ class _Assembly:
 
 @dataclass
 class _Job:
-    """A CTAPHID_CBOR request running on the worker thread."""
+    """A CTAPHID_CBOR or CTAPHID_MSG request running on the worker thread."""
 
     cid: int
+    cmd: int
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -122,8 +124,9 @@ class VirtualHidDevice:
 
     @property
     def capabilities(self) -> CAPABILITY:
-        """WINK and CBOR; NMSG because this authenticator does not speak U2F."""
-        return CAPABILITY.WINK | CAPABILITY.CBOR | CAPABILITY.NMSG
+        """WINK and CBOR; NMSG unless the profile speaks CTAP1/U2F."""
+        nmsg = CAPABILITY(0) if self._authenticator.profile.u2f else CAPABILITY.NMSG
+        return CAPABILITY.WINK | CAPABILITY.CBOR | nmsg
 
     # -- host → device -----------------------------------------------------------------------
     def receive(self, packet: bytes) -> None:
@@ -222,7 +225,7 @@ class VirtualHidDevice:
                 return cid
 
     def _cancel(self, cid: int) -> None:
-        """CTAPHID_CANCEL: ends a pending CBOR request on this channel; otherwise ignored."""
+        """CTAPHID_CANCEL: ends a pending CBOR or MSG request on this channel; otherwise ignored."""
         if self._job is not None and self._job.cid == cid:
             self._job.cancel.set()
 
@@ -233,9 +236,11 @@ class VirtualHidDevice:
             self._wink(cid, payload)
         elif cmd == CTAPHID.CBOR:
             self._cbor(cid, payload)
+        elif cmd == CTAPHID.MSG and self._authenticator.profile.u2f:
+            self._start(cid, cmd, payload)
         elif cmd == self.VENDOR.READ_CONFIG and self._speaks_yubikit:
             self._read_config(cid, payload)
-        else:  # MSG (no U2F), LOCK (not offered) and anything unknown
+        else:  # MSG without U2F, LOCK (not offered) and anything unknown
             self._error(cid, CtapError.ERR.INVALID_COMMAND)
 
     def _wink(self, cid: int, payload: bytes) -> None:
@@ -258,10 +263,14 @@ class VirtualHidDevice:
         """CTAPHID_CBOR: run the CTAP command on a worker so CANCEL and KEEPALIVE can flow."""
         if not payload:
             return self._error(cid, CtapError.ERR.INVALID_LENGTH)
-        job = _Job(cid)
+        self._start(cid, CTAPHID.CBOR, payload)
+
+    def _start(self, cid: int, cmd: int, payload: bytes) -> None:
+        """Run a CBOR or MSG request on a worker so CANCEL and KEEPALIVE can flow."""
+        job = _Job(cid, cmd)
         self._job = job
         worker = threading.Thread(
-            target=self._run, args=(job, payload), name="ctaphid-cbor", daemon=True
+            target=self._run, args=(job, payload), name=f"ctaphid-{cmd:02x}", daemon=True
         )
         worker.start()
 
@@ -271,13 +280,12 @@ class VirtualHidDevice:
                 if self._job is job:
                     self._send(job.cid, CTAPHID.KEEPALIVE, bytes([status]))
 
+        process = self._authenticator.process if job.cmd == CTAPHID.CBOR else self._authenticator.process_u2f
         with self._process_lock:
             try:
-                response = self._authenticator.process(
-                    request, keepalive=keepalive, cancel=job.cancel
-                )
+                response = process(request, keepalive=keepalive, cancel=job.cancel)
             except Exception:  # the firmware boundary: a crash must still answer the host
-                logger.exception("the virtual authenticator failed on a CBOR request")
+                logger.exception("the virtual authenticator failed on a CTAPHID request")
                 response = None
         with self._lock:
             if self._job is not job:
@@ -286,7 +294,7 @@ class VirtualHidDevice:
             if response is None:
                 self._error(job.cid, CtapError.ERR.OTHER)
             else:
-                self._send(job.cid, CTAPHID.CBOR, response)
+                self._send(job.cid, job.cmd, response)
 
     # -- device → host -----------------------------------------------------------------------
     def _error(self, cid: int, code: CtapError.ERR) -> None:

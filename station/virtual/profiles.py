@@ -12,6 +12,11 @@ Sources and assumptions:
   [1], ES256 + EdDSA) follows what `ykman fido info` shows on those firmwares as far as public
   reports go. largeBlobs / credBlob / largeBlobKey, which 5.7 also offers, are NOT advertised
   because this authenticator does not implement them.
+- CTAP1/U2F ("U2F_V2" in versions, property `u2f`): the YubiKey 5 series has it; HID documents
+  FIDO U2F for the Crescendo Key series (docs.hidglobal.com/crescendo/key-series/fidou2f.htm,
+  USB and contactless). The Crescendo 4000's public FIDO metadata (AAGUID aa79f476-...) is
+  protocolFamily fido2 with upv 1.0 / 1.1 only and no HID document mentions U2F for it, so that
+  profile has none.
 - Crescendo 4000 and Crescendo Key: no public getInfo dump was found. ASSUMED: FIDO_2_0 +
   FIDO_2_1 with authenticatorConfig, PIN protocols [2, 1], ES256 only, 25 discoverable
   credentials, firmware 1.0.0 (Crescendo 4000) / 2.0.0 (Crescendo Key), Crescendo Key USB product
@@ -89,6 +94,11 @@ class Profile:
     def force_pin_change(self) -> bool:
         """Whether setMinPINLength with forceChangePin is available (needs authnrCfg)."""
         return "authnrCfg" in self.options and "setMinPINLength" in self.options
+
+    @property
+    def u2f(self) -> bool:
+        """CTAP1/U2F: CTAPHID_MSG, U2F APDUs, SELECT answering "U2F_V2" (CTAP 2.1 §11)."""
+        return "U2F_V2" in self.versions
 
     @property
     def ctap21(self) -> bool:
@@ -178,7 +188,7 @@ PROFILES: dict[str, Profile] = {
             model="HID Crescendo Key",
             aaguid=_aaguid("692db549-7ae5-44d5-a1e5-dd20a493b723"),
             firmware=(2, 0, 0),
-            versions=("FIDO_2_0", "FIDO_2_1"),
+            versions=("U2F_V2", "FIDO_2_0", "FIDO_2_1"),
             options=frozenset(
                 {"rk", "up", "plat", "credMgmt", "authnrCfg", "setMinPINLength", "pinUvAuthToken"}
             ),

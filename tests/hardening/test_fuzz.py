@@ -199,7 +199,7 @@ structured_apdus = st.builds(
 def test_apdu_always_answers_a_status_word(authenticator, apdus, select):
     applet = FidoApplet(authenticator)
     if select:
-        assert applet.apdu(SELECT_FIDO) == b"FIDO_2_0\x90\x00"
+        assert applet.apdu(SELECT_FIDO) == b"U2F_V2\x90\x00"
     for command in apdus:
         answer = applet.apdu(command)
         assert len(answer) >= 2

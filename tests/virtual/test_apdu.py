@@ -62,7 +62,7 @@ def large_request() -> bytes:
 def applet(transport_key) -> FidoApplet:
     """The card of a YubiKey 5.7, FIDO applet selected."""
     card = FidoApplet(transport_key())
-    assert tx(card, SELECT_FIDO) == (b"FIDO_2_0", SW.OK)
+    assert tx(card, SELECT_FIDO) == (b"U2F_V2", SW.OK)
     return card
 
 
@@ -104,9 +104,9 @@ def test_a_malformed_apdu_is_answered_6700(applet):
 
 
 # ---------------------------------------------------------------- SELECT and classes
-def test_select_fido_with_le_answers_fido_2_0(transport_key):
+def test_select_fido_with_le_answers_u2f_v2(transport_key):
     card = FidoApplet(transport_key())
-    assert tx(card, SELECT_FIDO + b"\x00") == (b"FIDO_2_0", SW.OK)
+    assert tx(card, SELECT_FIDO + b"\x00") == (b"U2F_V2", SW.OK)
 
 
 def test_unknown_aid_and_bad_select_parameters(applet):
@@ -124,8 +124,8 @@ def test_nothing_answers_nfcctap_before_select(transport_key):
     [
         ("84100000010400", SW.CLA_NOT_SUPPORTED),  # secure messaging
         ("A0100000010400", SW.CLA_NOT_SUPPORTED),
-        ("00010000", SW.INS_NOT_SUPPORTED),  # U2F register: no U2F
-        ("00030000", SW.INS_NOT_SUPPORTED),  # U2F version
+        ("00010000", SW.WRONG_LENGTH),  # U2F register without its 64 bytes (u2f.py)
+        ("00040000", SW.INS_NOT_SUPPORTED),  # CLA 00: a U2F INS that does not exist
         ("80120000", SW.INS_NOT_SUPPORTED),
         ("00100000010400", SW.INS_NOT_SUPPORTED),  # NFCCTAP_MSG needs CLA 80
         ("801000000000", SW.WRONG_LENGTH),  # NFCCTAP_MSG without a CTAP command
@@ -168,7 +168,7 @@ def test_sw2_of_61xx_counts_the_bytes_left(applet):
 def test_another_command_drops_the_rest_of_a_long_reply(applet):
     _, sw = tx(applet, short(0x80, 0x10, 0x00, 0x00, GET_INFO))
     assert sw >> 8 == 0x61
-    assert tx(applet, SELECT_FIDO) == (b"FIDO_2_0", SW.OK)
+    assert tx(applet, SELECT_FIDO) == (b"U2F_V2", SW.OK)
     assert tx(applet, bytes.fromhex("00C0000000")) == (b"", SW.CONDITIONS_NOT_SATISFIED)
 
 
@@ -249,7 +249,7 @@ def test_without_p1_80_the_card_answers_only_when_done(slow_applet):
 def test_a_new_command_abandons_a_pending_request(slow_applet):
     first = tx(slow_applet, short(0x80, 0x10, 0x80, 0x00, bytes([Ctap2.CMD.SELECTION])))
     assert first[1] == SW.UPDATE
-    assert tx(slow_applet, SELECT_FIDO) == (b"FIDO_2_0", SW.OK)
+    assert tx(slow_applet, SELECT_FIDO) == (b"U2F_V2", SW.OK)
     assert tx(slow_applet, short(0x80, 0x11, 0x00, 0x00)) == (b"", SW.CONDITIONS_NOT_SATISFIED)
 
 

@@ -101,7 +101,7 @@ def test_init_allocates_a_channel_and_reports_version_and_capabilities(transport
     assert new_cid not in (0, BROADCAST_CID)
     assert version == 2
     assert (major, minor, patch) == key.profile.firmware
-    assert caps == CAPABILITY.WINK | CAPABILITY.CBOR | CAPABILITY.NMSG
+    assert caps == CAPABILITY.WINK | CAPABILITY.CBOR  # every USB profile speaks U2F (MSG)
     assert allocate(connection) != new_cid
 
 
@@ -166,8 +166,8 @@ def test_wink_blinks_the_key(raw, transport_key):
     expect_error(connection, cid, ERR.INVALID_LENGTH)
 
 
-@pytest.mark.parametrize("cmd", [CTAPHID.MSG, CTAPHID.LOCK, 0x30, VirtualHidDevice.VENDOR.READ_CONFIG + 1])
-def test_u2f_lock_and_unknown_commands_are_invalid_cmd(raw, cmd):
+@pytest.mark.parametrize("cmd", [CTAPHID.LOCK, 0x30, VirtualHidDevice.VENDOR.READ_CONFIG + 1])
+def test_lock_and_unknown_commands_are_invalid_cmd(raw, cmd):
     _, connection, cid = raw
     send(connection, cid, cmd, b"\x00\x01\x00\x00")
     expect_error(connection, cid, ERR.INVALID_COMMAND)

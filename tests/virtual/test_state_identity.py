@@ -232,7 +232,7 @@ def test_wink_counts(key):
     key.device.call(0x08)
     assert key.authenticator.winks == 1
     with pytest.raises(CtapError):
-        key.device.call(0x03)  # CTAPHID_MSG: no U2F over "direct"
+        key.device.call(0x04)  # CTAPHID_LOCK: not offered over "direct"
 
 
 # -- CLI -----------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_atr_request_power_and_apdus(linked):
     vpcd, key, cycles, inserted, _ = linked
     assert vpcd.exchange(bytes([CTRL.ATR])) == key.profile.atr
     vpcd.send(bytes([CTRL.POWER_ON]))
-    assert vpcd.exchange(SELECT_FIDO) == b"FIDO_2_0\x90\x00"
+    assert vpcd.exchange(SELECT_FIDO) == b"U2F_V2\x90\x00"
     reply = vpcd.exchange(bytes.fromhex("80100000010400"))
     info = key.process(b"\x04")
     assert reply == info[:256] + bytes([0x61, len(info) - 256])
@@ -142,7 +142,7 @@ def test_frames_split_across_segments(linked):
     for piece in (frame[:1], frame[1:5], frame[5:]):
         vpcd.link.sendall(piece)
         time.sleep(0.05)
-    assert vpcd.receive() == b"FIDO_2_0\x90\x00"
+    assert vpcd.receive() == b"U2F_V2\x90\x00"
 
 
 @pytest.mark.parametrize("reset", [False, True])
@@ -205,7 +205,7 @@ def test_a_link_that_breaks_mid_reply_ends_quietly(transport_key):
 
 def test_answer_passes_apdus_to_the_applet(transport_key):
     applet = FidoApplet(transport_key())
-    assert answer(applet, SELECT_FIDO) == b"FIDO_2_0\x90\x00"
+    assert answer(applet, SELECT_FIDO) == b"U2F_V2\x90\x00"
     assert answer(applet, bytes([CTRL.POWER_ON])) is None
 
 
