@@ -229,7 +229,7 @@ def test_a_key_nobody_touches_is_a_user_presence_timeout_and_needs_a_reset(tmp_p
     from station.virtual import PresencePolicy, new_virtual
 
     new_virtual(tmp_path / "slow.json", "yubikey-5-nfc-5.7").close()
-    device = open_device(f"virtual:{tmp_path / 'slow.json'}", presence=PresencePolicy.never(timeout=0.3))
+    device = open_device(f"virtual:{tmp_path / 'slow.json'}", presence=PresencePolicy.never(timeout=1.0))
     touches = []
     try:
         with pytest.raises(StationError) as failed:
