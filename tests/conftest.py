@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from fido2.ctap2.extensions import (
 )
 from fido2.ctap2.pin import ClientPin
 from fido2.utils import websafe_decode
+from options import graph_creation_options
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PCSCD_PIDFILE = Path("/run/pcscd/pcscd.pid")
@@ -135,19 +135,6 @@ class PinInteraction(UserInteraction):
 
     def request_pin(self, permissions, rp_id):
         return self._pin
-
-
-def graph_creation_options() -> dict:
-    """fixtures/options/graph.json as a WebAuthn JSON dict (Graph's @odata.type keys dropped)."""
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "@odata.type"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(json.loads((FIXTURES / "options" / "graph.json").read_text()))
 
 
 def _client(device: CtapDevice, origin: str) -> Fido2Client:

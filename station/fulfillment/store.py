@@ -258,6 +258,16 @@ def _canonical(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
+@contextmanager
+def _unavailable_as_503() -> Iterator[None]:
+    """A database that cannot be reached is ServiceUnavailable (503), which callers retry."""
+    try:
+        yield
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[:1] or [exc.orig.__class__.__name__]
+        raise ServiceUnavailable(f"database unavailable: {reason[0]}") from exc
+
+
 def _now(now: float | None) -> float:
     return time.time() if now is None else now
 
@@ -374,21 +384,13 @@ class Store:
     @contextmanager
     def _statement(self) -> Iterator[Connection]:
         """A connection for one self-contained statement (PostgreSQL, autocommit)."""
-        try:
-            with self._autocommit.connect() as conn:
-                yield conn
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[:1] or [exc.orig.__class__.__name__]
-            raise ServiceUnavailable(f"database unavailable: {reason[0]}") from exc
+        with _unavailable_as_503(), self._autocommit.connect() as conn:
+            yield conn
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[:1] or [exc.orig.__class__.__name__]
-            raise ServiceUnavailable(f"database unavailable: {reason[0]}") from exc
+        with _unavailable_as_503(), self.engine.begin() as conn:
+            yield conn
 
     def _create_schema(self) -> None:
         with self._tx() as conn:

@@ -340,17 +340,7 @@ def parse_request_payload(data: bytes) -> PinRequest | CredentialRequest:
     A JSON object with `publicKey` is a credential request, any other object a PIN request.
     Raises InvalidRequest when the bytes are not a UTF-8 JSON object or fail validation.
     """
-    try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise InvalidRequest("the request payload is not UTF-8 JSON") from exc
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request payload is not a JSON object")
-    model = CredentialRequest if "publicKey" in document else PinRequest
-    try:
-        return model.model_validate_json(data)
-    except ValidationError as exc:
-        raise InvalidRequest(f"{model.__name__}: {describe_validation_error(exc)}") from exc
+    return _parse_payload(data, "request", "publicKey", CredentialRequest, PinRequest, InvalidRequest)
 
 
 # -- §3 responses --------------------------------------------------------------------------
@@ -437,17 +427,23 @@ def parse_response_payload(data: bytes) -> PinResponse | CredentialResponse:
 
     Raises ValueError with a message that never echoes the input.
     """
+    return _parse_payload(data, "response", "credential", CredentialResponse, PinResponse, ValueError)
+
+
+def _parse_payload(data: bytes, kind: str, marker: str, with_marker, without_marker, error: type[Exception]):
+    """A UTF-8 JSON object → `with_marker` if it has the member `marker`, else `without_marker`;
+    `error` (whose message never echoes the input) for anything else."""
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError("the response payload is not UTF-8 JSON") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise error(f"the {kind} payload is not UTF-8 JSON") from None
     if not isinstance(document, dict):
-        raise ValueError("the response payload is not a JSON object")
-    model = CredentialResponse if "credential" in document else PinResponse
+        raise error(f"the {kind} payload is not a JSON object")
+    model = with_marker if marker in document else without_marker
     try:
         return model.model_validate_json(data)
     except ValidationError as exc:
-        raise ValueError(f"{model.__name__}: {describe_validation_error(exc)}") from None
+        raise error(f"{model.__name__}: {describe_validation_error(exc)}") from None
 
 
 # -- §4 fulfillment service API ------------------------------------------------------------

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import pytest
 from fido2.client import ClientError, DefaultClientDataCollector, Fido2Client, UserInteraction
 from fido2.ctap2.extensions import CredProtectExtension, HmacSecretExtension
 from fido2.utils import websafe_decode
+from options import graph_creation_options
 
 PROFILES = ["yubikey-5-nfc-5.7", "yubikey-5-nfc-5.4", "crescendo-4000", "crescendo-key"]
-GRAPH = Path(__file__).resolve().parents[2] / "fixtures" / "options" / "graph.json"
 
 
 class Pin(UserInteraction):
@@ -29,17 +27,6 @@ def client(device, origin="https://example.com") -> Fido2Client:
     )
 
 
-def graph_options() -> dict:
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "@odata.type"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return strip(json.loads(GRAPH.read_text()))
-
-
 @pytest.mark.parametrize("profile", PROFILES)
 def test_roundtrip_direct(new_key, profile, fido2_roundtrip, check_fido2_roundtrip):
     """Shared round trip: PIN, Graph options, credProtect 3 + prf, two sign-ins."""
@@ -48,7 +35,7 @@ def test_roundtrip_direct(new_key, profile, fido2_roundtrip, check_fido2_roundtr
 
 
 def test_graph_options_with_pin_and_hmac_secret(key):
-    reg = client(key.device, "https://login.microsoft.com").make_credential(graph_options())
+    reg = client(key.device, "https://login.microsoft.com").make_credential(graph_creation_options())
     auth_data = reg.response.attestation_object.auth_data
     assert auth_data.is_user_verified() and auth_data.is_user_present()
     assert auth_data.extensions == {"credProtect": 1, "hmac-secret": True}
@@ -71,8 +58,8 @@ def test_graph_options_with_pin_and_hmac_secret(key):
 
 
 def test_exclude_list_honoured(key):
-    reg = client(key.device, "https://login.microsoft.com").make_credential(graph_options())
-    options = graph_options()
+    reg = client(key.device, "https://login.microsoft.com").make_credential(graph_creation_options())
+    options = graph_creation_options()
     options["excludeCredentials"] = [{"type": "public-key", "id": reg.raw_id}]
     with pytest.raises(ClientError) as info:
         client(key.device, "https://login.microsoft.com").make_credential(options)
