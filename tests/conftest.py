@@ -26,7 +26,6 @@ from fido2.ctap2.pin import ClientPin
 from fido2.utils import websafe_decode
 from options import graph_creation_options
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PCSCD_PIDFILE = Path("/run/pcscd/pcscd.pid")
 PCSCD_TEST_LOCK = Path(tempfile.gettempdir()) / "station-tests-pcscd.lock"
 VPCD_CONF = Path("/etc/reader.conf.d/vpcd")
