@@ -133,18 +133,19 @@ def _pcsc_devices(reader: str | None) -> list[Device]:
     try:
         from fido2.pcsc import CtapPcscDevice
         from smartcard.Exceptions import SmartcardException
+        from smartcard.pcsc.PCSCExceptions import BaseSCardException
         from smartcard.System import readers
     except ImportError as exc:  # pyscard missing
         raise UsageError("PC/SC support needs pyscard: run scripts/setup") from exc
     try:
         names = [r for r in readers() if (reader or "") in r.name]
-    except SmartcardException as exc:  # pcscd not running
+    except (SmartcardException, BaseSCardException) as exc:  # pcscd not running
         raise UsageError(f"PC/SC is not available ({exc}): start pcscd") from exc
     devices = []
     for r in names:
         try:
             ctap_device = CtapPcscDevice(r.createConnection(), r.name)
-        except (SmartcardException, CtapError, ValueError, OSError):
+        except (SmartcardException, BaseSCardException, CtapError, ValueError, OSError):
             continue  # an empty reader, or a card without the FIDO applet
         devices.append(describe(ctap_device, spec=f"pcsc:{r.name}", transport=TRANSPORT_PCSC, path=r.name))
     return devices
