@@ -1,0 +1,69 @@
+"""A factory: 8 station processes on virtual keys against one service on PostgreSQL. Every item
+is claimed once, fulfilled once, on its own key."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from station.customer.orders import seal_item, shipment_body
+from station.fulfillment.client import FulfillmentClient
+from station.fulfillment.embedded import EmbeddedService
+from station.fulfillment.store import AuditEvent, Role, Store
+from station.protocol.jose import open_response
+
+OPTIONS = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "options" / "okta.json").read_text())
+STATIONS = 8
+ITEMS = 24
+
+
+@pytest.mark.postgres
+def test_eight_station_processes_on_postgresql_claim_every_item_once(pg_cluster, keystore, tmp_path):
+    store = Store.open(pg_cluster.create_database(f"fleet_{uuid.uuid4().hex[:8]}"))
+    try:
+        with EmbeddedService(store, keystore, purge_interval=None) as service:
+            customer = FulfillmentClient(service.url, store.create_token(Role.CUSTOMER, "acme"))
+            jwks = customer.jwks("transport")
+            items = [seal_item(transport_jwks=jwks, options=[OPTIONS]) for _ in range(ITEMS)]
+            shipment_id = customer.post_shipment(shipment_body(items)).shipment_id
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STATION_")}
+            stations = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "station.cli", "run", "--service", service.url,
+                     "--token", store.create_token(Role.STATION, f"station-{n}"),
+                     "--device", f"virtual:{tmp_path}/keys-{n}/",
+                     "--profile", "yubikey-5-nfc-5.7", "--keys", str(keystore.path),
+                     "--journal", str(tmp_path / f"journal-{n}"), "--until-empty", "--json"],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for n in range(STATIONS)
+            ]
+            outputs = [p.communicate(timeout=180) for p in stations]
+            assert [p.returncode for p in stations] == [0] * STATIONS, [err for _, err in outputs]
+
+            fulfilled_by = [
+                json.loads(line)["item"] for out, _ in outputs for line in out.splitlines()
+                if line.startswith("{") and json.loads(line)["kind"] == "fulfilled"
+            ]
+            assert sorted(fulfilled_by) == sorted(set(fulfilled_by)) and len(fulfilled_by) == ITEMS
+            assert sum(1 for out, _ in outputs if '"fulfilled"' in out) > 1  # the work was shared
+            claims = [r.item_id for r in store.audit_trail() if r.event == AuditEvent.CLAIMED]
+            assert sorted(claims) == sorted(set(claims)) and len(claims) == ITEMS  # claimed once each
+
+            view = customer.get_shipment(shipment_id).model_dump(mode="json")
+            assert view["shipment_state"]["shipment_state_id"] == 103
+            serials = set()
+            for line, sealed in zip(view["shipment_items"], items):
+                product = line["product_data"][0]
+                pin = open_response(product["fido_pin_response"], response_private_key=sealed.response_key,
+                                    signing_jwks=customer.jwks("signing"), request_jwe=sealed.pin_request_jwe)
+                serials.add(pin.serial_number)
+            assert len(serials) == ITEMS  # one key per item
+            customer.close()
+    finally:
+        store.close()
