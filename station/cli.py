@@ -405,14 +405,17 @@ def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, 
 @click.option("--profile", default="yubikey-5-nfc-5.7", show_default=True, help="The virtual key model (station virtual profiles).")
 @click.option("--slots", type=click.IntRange(1, 8), default=1, show_default=True, help="Keys the station programs at once.")
 @click.option("--show-pins", is_flag=True, help="Show the PINs that would be mailed (never shown otherwise).")
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep what the run wrote (database, key store, journal, keys) in this empty folder.")
 @fail_cleanly
-def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool) -> None:
+def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool, keep: Path | None) -> None:
     """The full pre-registration round trip on this machine, with virtual keys (exit 0 only if
     every key was verified and used to sign in)."""
     from station.console import run_demo_live
     from station.demo import DemoOptions
 
-    ok = run_demo_live(DemoOptions(keys=keys, transport=transport, profile=profile, slots=slots), show_pins=show_pins)
+    ok = run_demo_live(DemoOptions(keys=keys, transport=transport, profile=profile, slots=slots, workdir=keep),
+                       show_pins=show_pins)
     sys.exit(0 if ok else 1)
 
 

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class DemoOptions:
     profile: str = "yubikey-5-nfc-5.7"
     slots: int = 1
     timeout: float = 120.0
+    #: keep everything the run wrote (database, key store, journal, virtual keys) in this folder
+    #: instead of a temporary one removed at the end (to look at it, or scan it for PINs)
+    workdir: Path | None = None
 
 
 @dataclass
@@ -183,8 +187,7 @@ def run_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], None] | None
         raise UsageError("--keys must be at least 1")
     update = on_update or (lambda rows: None)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="station-demo-") as tmp, _maybe_pcscd(opts.transport):
-        folder = Path(tmp)
+    with _workdir(opts.workdir) as folder, _maybe_pcscd(opts.transport):
         keystore = KeyStore.init(folder / "keys")
         store = Store.open(f"sqlite:///{folder}/station.db")
         try:
@@ -193,6 +196,19 @@ def run_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], None] | None
         finally:
             store.close()
     return DemoResult(rows, time.monotonic() - started)
+
+
+@contextmanager
+def _workdir(keep: Path | None):
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="station-demo-") as tmp:
+            yield Path(tmp)
+        return
+    keep = Path(keep)
+    if keep.exists() and any(keep.iterdir()):
+        raise UsageError(f"{keep} is not empty: give the demo an empty or new folder to keep")
+    keep.mkdir(parents=True, exist_ok=True)
+    yield keep
 
 
 def _maybe_pcscd(transport: str):

@@ -183,3 +183,15 @@ def test_the_fuzz_recorder_records_an_escaping_exception_and_goes_on(tmp_path):
     assert record["runs"] == 4
     assert list(record["failures"].values()) == [2] and "KeyError" in next(iter(record["failures"]))
     assert (tmp_path / "crash-1.bin").read_bytes() == b"!1"
+
+
+def test_no_pin_anywhere_a_demo_run_wrote(tmp_path):
+    from station.demo import DemoOptions, run_demo
+
+    kept = tmp_path / "demo"
+    result = run_demo(DemoOptions(keys=4, workdir=kept))
+    assert result.ok
+    pins = [row.pin.reveal() for row in result.rows]
+    written = [p for p in kept.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".db" for p in written) and any("journal" in p.parts for p in written)
+    assert secret_scan.scan([kept], pins) == []
