@@ -184,9 +184,8 @@ def provision_item(
     pin = draw_pin(item.pin_request.length)
     touched = False
     try:
-        ctap2 = device.ctap2()
-        set_pin(ctap2, pin)
-        touched = True
+        touched = True  # from here the key may hold our PIN, even if setPIN itself fails
+        set_pin(device.ctap2(), pin)
         step("pin_set", {})
         _check_no_credentials(device, pin)
         maker = CredentialMaker(device.ctap_device, pin, transports=list(device.info.transports or ["usb"]),
