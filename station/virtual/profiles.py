@@ -119,6 +119,13 @@ def _aaguid(text: str) -> bytes:
 _YUBICO_ATR = contactless_atr(bytes.fromhex("8073C021C057597562694B6579"))
 _GENERIC_ATR = contactless_atr(b"")
 
+#: What both Crescendo profiles assume of CTAP 2.1 (no public getInfo dump of either: assumed).
+_CRESCENDO_CTAP21 = dict(
+    options=frozenset({"rk", "up", "plat", "credMgmt", "authnrCfg", "setMinPINLength", "pinUvAuthToken"}),
+    extensions=("credProtect", "hmac-secret", "minPinLength"),
+    algorithms=(ES256.ALGORITHM,),
+)
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
@@ -170,11 +177,7 @@ PROFILES: dict[str, Profile] = {
             aaguid=_aaguid("0b8b05a4-ebd4-4b0b-8f5f-33d7b6e606ab"),
             firmware=(1, 0, 0),
             versions=("FIDO_2_0", "FIDO_2_1"),
-            options=frozenset(
-                {"rk", "up", "plat", "credMgmt", "authnrCfg", "setMinPINLength", "pinUvAuthToken"}
-            ),
-            extensions=("credProtect", "hmac-secret", "minPinLength"),
-            algorithms=(ES256.ALGORITHM,),
+            **_CRESCENDO_CTAP21,
             transports=("nfc",),
             usb=None,
             pcsc=True,
@@ -189,11 +192,7 @@ PROFILES: dict[str, Profile] = {
             aaguid=_aaguid("692db549-7ae5-44d5-a1e5-dd20a493b723"),
             firmware=(2, 0, 0),
             versions=("U2F_V2", "FIDO_2_0", "FIDO_2_1"),
-            options=frozenset(
-                {"rk", "up", "plat", "credMgmt", "authnrCfg", "setMinPINLength", "pinUvAuthToken"}
-            ),
-            extensions=("credProtect", "hmac-secret", "minPinLength"),
-            algorithms=(ES256.ALGORITHM,),
+            **_CRESCENDO_CTAP21,
             transports=("usb",),
             usb=UsbIdentity(0x09C3, 0x0028, "HID Crescendo Key"),
             pcsc=True,

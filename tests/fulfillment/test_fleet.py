@@ -11,12 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from shipments import check_fulfilled
 
 from station.customer.orders import seal_item, shipment_body
 from station.fulfillment.client import FulfillmentClient
 from station.fulfillment.embedded import EmbeddedService
 from station.fulfillment.store import AuditEvent, Role, Store
-from station.protocol.jose import open_response
 
 OPTIONS = json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "options" / "okta.json").read_text())
 STATIONS = 8
@@ -55,15 +55,7 @@ def test_eight_station_processes_on_postgresql_claim_every_item_once(pg_cluster,
             claims = [r.item_id for r in store.audit_trail() if r.event == AuditEvent.CLAIMED]
             assert sorted(claims) == sorted(set(claims)) and len(claims) == ITEMS  # claimed once each
 
-            view = customer.get_shipment(shipment_id).model_dump(mode="json")
-            assert view["shipment_state"]["shipment_state_id"] == 103
-            serials = set()
-            for line, sealed in zip(view["shipment_items"], items):
-                product = line["product_data"][0]
-                pin = open_response(product["fido_pin_response"], response_private_key=sealed.response_key,
-                                    signing_jwks=customer.jwks("signing"), request_jwe=sealed.pin_request_jwe)
-                serials.add(pin.serial_number)
-            assert len(serials) == ITEMS  # one key per item
+            check_fulfilled(customer, shipment_id, items)  # state 103, responses open, one key per item
             customer.close()
     finally:
         store.close()

@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from shipments import check_fulfilled
 
 from station.customer.orders import seal_item, shipment_body
 from station.fulfillment.client import FulfillmentClient
 from station.fulfillment.journal import Journal
 from station.fulfillment.runner import FAULT_ENV, RunOptions, Station
 from station.fulfillment.store import Role
-from station.protocol.jose import open_response
 
 OPTIONS = Path(__file__).resolve().parents[2] / "fixtures" / "options"
 
@@ -47,27 +47,12 @@ def station_opts(service, keystore, tmp_path, **kw) -> RunOptions:
     return RunOptions(**base)
 
 
-def check_fulfilled(customer, keystore, shipment_id, items):
-    shipment = customer.get_shipment(shipment_id).model_dump(mode="json")
-    assert shipment["shipment_state"]["shipment_state_id"] == 103
-    serials = set()
-    for view, sealed in zip(shipment["shipment_items"], items):
-        product = view["product_data"][0]
-        pin = open_response(product["fido_pin_response"], response_private_key=sealed.response_key,
-                            signing_jwks=customer.jwks("signing"), request_jwe=sealed.pin_request_jwe)
-        for jwe, req in zip(product["fido_credential_responses"], sealed.credential_request_jwes):
-            open_response(jwe, response_private_key=sealed.response_key, signing_jwks=customer.jwks("signing"),
-                          request_jwe=req)
-        serials.add(pin.serial_number)
-    assert len(serials) == len(items)  # one key per item
-
-
 def test_the_daemon_fulfills_every_item_of_a_shipment(service, customer, keystore, tmp_path):
     shipment_id, items = order(customer, 3, names=("graph", "okta"))
     events = []
     done = Station(station_opts(service, keystore, tmp_path), on_event=events.append).run()
     assert done == 3
-    check_fulfilled(customer, keystore, shipment_id, items)
+    check_fulfilled(customer, shipment_id, items)
     assert [e["kind"] for e in events].count("remove_key") == 3
     assert Journal(tmp_path / "journal").open_items() == []
 
@@ -80,7 +65,7 @@ def test_two_slots_share_the_queue_without_claiming_an_item_twice(service, custo
     claimed = [e["item"] for e in events if e["kind"] == "claimed"]
     assert len(claimed) == len(set(claimed)) == 6
     assert {e["slot"] for e in events if e["kind"] == "fulfilled"} == {1, 2}
-    check_fulfilled(customer, keystore, shipment_id, items)
+    check_fulfilled(customer, shipment_id, items)
 
 
 def test_a_request_already_fulfilled_is_refused_when_it_comes_again(service, customer, keystore, tmp_path):
@@ -122,7 +107,7 @@ def test_a_not_fresh_key_gives_the_item_back(service, customer, keystore, tmp_pa
     assert view["shipment_state"]["shipment_state_id"] != 103  # one item still queued
     done = Station(station_opts(service, keystore, tmp_path)).run()  # fresh keys finish it
     assert done == 1
-    check_fulfilled(customer, keystore, shipment_id, items)
+    check_fulfilled(customer, shipment_id, items)
 
 
 # --------------------------------------------------------------------------- kill -9 matrix
@@ -150,7 +135,7 @@ def test_a_station_killed_at_any_step_loses_nothing_and_fulfills_once(point, ser
     assert restarted.returncode == 0, restarted.stderr
     events = [json.loads(line) for line in restarted.stdout.splitlines() if line.startswith("{")]
     kinds = [e["kind"] for e in events]
-    check_fulfilled(customer, keystore, shipment_id, items)
+    check_fulfilled(customer, shipment_id, items)
     if point in ("touching", "credential-1", "credential-2"):
         assert "interrupted_key" in kinds  # the written key is reported for a reset
         assert kinds.count("fulfilled") == 1  # and the item was done again on a fresh key
