@@ -89,6 +89,35 @@ def keys_rotate(keys_dir: str, kind: str) -> None:
     click.echo(KeyStore.open(keys_dir).rotate(kind))
 
 
+@keys.command("export-public")
+@_KEYS_DIR
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The JWKS file `station serve --jwks` runs on (public keys only).")
+@fail_cleanly
+def keys_export_public(keys_dir: str, out_file: Path) -> None:
+    """Write the public keys (active transport, unrevoked signing) as one JWKS, atomically.
+    Copy it to the service host; a running service picks up a new export without a restart."""
+    from station.fsutil import atomic_write
+    from station.protocol.keys import KeyStore
+
+    document = KeyStore.open(keys_dir).export_public()
+    atomic_write(out_file, (json.dumps(document, indent=2) + "\n").encode("utf-8"), mode=0o644)
+    click.echo(f"{out_file}: {', '.join(k['kid'] for k in document['keys'])}")
+
+
+@keys.command("revoke")
+@_KEYS_DIR
+@click.argument("kid")
+@fail_cleanly
+def keys_revoke(keys_dir: str, kid: str) -> None:
+    """Revoke a signing key believed compromised: it stops signing and leaves the published set,
+    so customers refuse every response it signed (docs/HARDENING.md). Export again afterwards."""
+    from station.protocol.keys import KeyStore
+
+    KeyStore.open(keys_dir).revoke(kid)
+    click.echo(f"revoked {kid}: run station keys export-public and copy the file to the service")
+
+
 @keys.command("retire")
 @_KEYS_DIR
 @click.argument("kid")
@@ -331,11 +360,19 @@ _DB_OPTION = click.option(
 )
 
 
+SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host", "port", "retention_seconds")
+
+
 @cli.command()
 @_DB_OPTION
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file with a [serve] table (default: $STATION_CONFIG, else /etc/fido-station/station.toml).")
-@click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path), help="Key-store folder.")
+@click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The public JWKS from `station keys export-public`: the service's keys.")
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="A key-store folder instead of --jwks: refused (it holds private keys) unless --allow-private-keys.")
+@click.option("--allow-private-keys", is_flag=True, default=None,
+              help="Run on a private key store's public half (a test machine only).")
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8080).")
 @click.option("--retention-seconds", type=float, help="How long read responses are kept before the purge.")
@@ -348,9 +385,11 @@ def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
     from station.fulfillment.api import serve as serve_api
 
     settings = load_serve_settings(
-        given_options(ctx, "db_url", "keys_dir", "host", "port", "retention_seconds"), config_file, require=("keys_dir",)
+        given_options(ctx, *SERVE_OPTIONS), config_file
     )
-    serve_api(settings.db_url, str(settings.keys_dir), host=settings.host, port=settings.port,
+    serve_api(settings.db_url, None if settings.keys_dir is None else str(settings.keys_dir),
+              jwks_file=None if settings.jwks_file is None else str(settings.jwks_file),
+              allow_private_keys=settings.allow_private_keys, host=settings.host, port=settings.port,
               retention_seconds=settings.retention_seconds)
 
 

@@ -95,7 +95,9 @@ class ServeSettings(_Settings):
     TABLE: ClassVar[str] = "serve"
 
     db_url: str | None = Field(None, description="sqlite:///FILE or postgresql://...; default $STATION_DB or ./var/station.db.")
-    keys_dir: Path | None = Field(None, description="The key-store folder (publishes its JWKS).")
+    keys_dir: Path | None = Field(None, description="A key-store folder: refused unless allow_private_keys (use jwks_file).")
+    jwks_file: Path | None = Field(None, description="The public JWKS from `station keys export-public` (the service's keys).")
+    allow_private_keys: bool = Field(False, description="Let keys_dir hold private keys (a test machine only).")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     retention_seconds: float = Field(DEFAULT_RETENTION_SECONDS, gt=0, description="How long read responses are kept.")
@@ -142,7 +144,7 @@ Layer = dict[str, tuple[Any, str]]
 
 #: options whose name is not the setting's name with dashes
 _OPTION_NAMES = {"keys_dir": "--keys", "db_url": "--db", "as_json": "--json", "journal_dir": "--journal",
-                 "lease_seconds": "--lease"}
+                 "lease_seconds": "--lease", "jwks_file": "--jwks"}
 
 
 def option_name(setting: str) -> str:

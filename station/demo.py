@@ -34,7 +34,7 @@ from station.fulfillment.embedded import EmbeddedService
 from station.fulfillment.runner import KeyPool, RunOptions, Station
 from station.fulfillment.store import Role, Store
 from station.masked import Pin
-from station.protocol.keys import KeyStore
+from station.protocol.keys import KeyStore, PublishedKeys
 
 OKTA_DOMAIN = "acme.okta.com"
 FIRST_NAMES = ["Ada", "Grace", "Alan", "Barbara", "Edsger", "Frances", "Ken", "Radia", "Tim", "Margaret"]
@@ -191,7 +191,7 @@ def run_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], None] | None
         keystore = KeyStore.init(folder / "keys")
         store = Store.open(f"sqlite:///{folder}/station.db")
         try:
-            with EmbeddedService(store, keystore) as service:
+            with EmbeddedService(store, PublishedKeys.of_document(keystore.export_public())) as service:
                 rows = _round_trip(opts, folder, keystore, store, service, update)
         finally:
             store.close()

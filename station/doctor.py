@@ -458,6 +458,31 @@ def run_checks(target: Target, *, transport: httpx.BaseTransport | None = None,
     ]
 
 
+def check_service_private_keys(config_file: Path | None = None) -> Check:
+    """A warning (never required): the [serve] settings point `station serve` at a key store that
+    holds private keys, which the service never needs (it runs on `--jwks`, public keys only)."""
+    from station.config import load_serve_settings
+    from station.protocol.keys import holds_private_keys
+
+    try:
+        settings = load_serve_settings({}, config_file)
+    except ConfigError:
+        return Check("service private keys", True, "no usable [serve] settings to check")
+    if settings.keys_dir is None or not holds_private_keys(settings.keys_dir):
+        source = settings.jwks_file or "no keys configured"
+        return Check("service private keys", True, f"the service's keys: {source}")
+    allowed = " (allowed by allow_private_keys)" if settings.allow_private_keys else ""
+    return Check(
+        "service private keys", False,
+        f"[serve] keys_dir {settings.keys_dir} holds private keys{allowed}: whoever takes the service "
+        "host can open every queued request and sign responses",
+        f"station keys export-public --dir {settings.keys_dir} --out /etc/fido-station/published.jwks, "
+        "then set jwks_file to it in [serve], drop keys_dir and allow_private_keys, and keep the key store "
+        "on the stations only",
+        required=False,
+    )
+
+
 def diagnose(cli_values: dict, config_file: Path | None = None, *, user: str | None = None,
              root: Path = Path("/"), transport: httpx.BaseTransport | None = None,
              list_readers: Callable[[], list[str]] = pyscard_readers) -> list[Check]:
@@ -480,7 +505,8 @@ def diagnose(cli_values: dict, config_file: Path | None = None, *, user: str | N
         values["token"] = settings.token.get_secret_value() if settings.token else None
     target = Target(root=root, user=user, device=values.get("device") or "auto",
                     keys_dir=values.get("keys_dir"), service=values.get("service"), token=values.get("token"))
-    return [config, *run_checks(target, transport=transport, list_readers=list_readers)]
+    return [config, *run_checks(target, transport=transport, list_readers=list_readers),
+            check_service_private_keys(config_file)]
 
 
 def _current_user() -> str:

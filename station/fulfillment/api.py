@@ -54,8 +54,9 @@ from station.fulfillment.models import (
     SubmitRequest,
 )
 from station.fulfillment.store import ItemState, NewItem, Principal, Role, Shipment, ShipmentState, Store
+from station.protocol.backend import PublicKeys
 from station.protocol.jose import check_request_header
-from station.protocol.keys import KeyStore
+from station.protocol.keys import KeyStore, PublishedKeys, holds_private_keys
 from station.protocol.messages import ErrorBody, ItemError, ProductData, ShipmentRequest
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -75,7 +76,7 @@ ItemId = Annotated[int, Path(ge=1, le=MAX_ITEM_ID)]
 
 def create_app(
     store: Store,
-    keystore: KeyStore,
+    keystore: PublishedKeys | KeyStore,
     *,
     purge_interval: float | None = DEFAULT_PURGE_INTERVAL_SECONDS,
     failed_token_limit: int = DEFAULT_FAILED_TOKEN_LIMIT,
@@ -92,13 +93,24 @@ def create_app(
         responses=_ERRORS,
     )
     app.state.store = store
-    app.state.keystore = keystore
+    app.state.keystore = published_keys(keystore)
     app.state.failed_tokens = FailedTokenLimit(failed_token_limit, failed_token_window)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     _add_error_handlers(app)
     _add_customer_routes(app)
     _add_station_routes(app)
     return app
+
+
+def published_keys(keys: PublishedKeys | KeyStore) -> PublishedKeys:
+    """What the app holds of the factory's keys: public keys only. A key store given here (the
+    demo, the tests, `--allow-private-keys`) is followed through its public half, re-read as its
+    metadata changes; the app never holds a private key object."""
+    if isinstance(keys, PublishedKeys):
+        return keys
+    if isinstance(keys, KeyStore):
+        return PublishedKeys.of_store(keys.path)
+    raise TypeError("create_app needs PublishedKeys or a KeyStore")
 
 
 def _purging(store: Store, interval: float | None) -> Callable[[FastAPI], Any]:
@@ -323,7 +335,7 @@ def _add_customer_routes(app: FastAPI) -> None:
         return Jwks.model_validate(request.app.state.keystore.jwks("signing"))
 
 
-def check_headers(body: ShipmentRequest, keystore: KeyStore) -> None:
+def check_headers(body: ShipmentRequest, keystore: PublicKeys) -> None:
     """Check every request JWE's protected header (kid known, alg/enc allowed, epk P-384);
     BadRequest names the first one refused in `error_data`."""
     for index, item in enumerate(body.shipment_items):
@@ -430,12 +442,34 @@ def _add_station_routes(app: FastAPI) -> None:
         return ItemStateView(item_id=item_id, item_state=ItemState.QUEUED.value)
 
 
-def serve(db_url: str | None, keys_dir: str, *, host: str = "127.0.0.1", port: int = 8080,
+def load_service_keys(*, jwks_file: str | None, keys_dir: str | None,
+                      allow_private_keys: bool = False) -> PublishedKeys:
+    """The keys `station serve` runs on: the exported JWKS (`--jwks FILE`, public keys only), or
+    a key store's public half (`--keys DIR`), which is refused unless `allow_private_keys`:
+    whoever takes the service host must not find a key that opens a request or signs a response."""
+    from station.errors import KeyStoreError, UsageError
+
+    if (jwks_file is None) == (keys_dir is None):
+        raise UsageError("give exactly one of --jwks FILE (public keys: station keys export-public) and --keys DIR")
+    if jwks_file is not None:
+        return PublishedKeys.from_file(jwks_file)
+    if holds_private_keys(keys_dir) and not allow_private_keys:
+        raise KeyStoreError(
+            f"{keys_dir} holds private keys, which the service never needs: run "
+            f"`station keys export-public --dir {keys_dir} --out FILE` and `station serve --jwks FILE`, "
+            f"keep {keys_dir} on the stations only (or pass --allow-private-keys, for a test machine)"
+        )
+    KeyStore.open(keys_dir)  # a clear error for a folder that is no key store
+    return PublishedKeys.of_store(keys_dir)
+
+
+def serve(db_url: str | None, keys_dir: str | None = None, *, jwks_file: str | None = None,
+          allow_private_keys: bool = False, host: str = "127.0.0.1", port: int = 8080,
           retention_seconds: float | None = None) -> None:
     """`station serve`: the service under uvicorn until interrupted."""
     import uvicorn
 
-    keystore = KeyStore.open(keys_dir)
+    keystore = load_service_keys(jwks_file=jwks_file, keys_dir=keys_dir, allow_private_keys=allow_private_keys)
     store = Store.open(db_url) if retention_seconds is None else Store.open(db_url, retention_seconds=retention_seconds)
     try:
         uvicorn.run(create_app(store, keystore), host=host, port=port)

@@ -5,6 +5,15 @@ Customer side: `seal_request`, `open_response`. Both: `request_digest`.
 
 Only `ECDH-ES+A256KW` with `A256GCM` is ever accepted, and jwcrypto is told so (`algs=`); the
 header and its `epk` are checked here before jwcrypto sees a byte of the token.
+
+Canonical encodings only: every part of a compact JWE must be base64url exactly as RFC 7515 §2
+writes it (url-safe alphabet, no padding, the spare bits of the last character zero), so that one
+token has one spelling. Base64url decoders ignore the spare bits: without this check one request
+re-encoded would give many strings of the same content. The replay key (`content_digest`) is
+taken over the decoded bytes of the five parts, never over the string.
+
+The private-key operations go through `backend.KeyBackend` (`decrypt`, `sign`); the door needs
+only `backend.PublicKeys` (`check_transport_kid`).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from jwcrypto.jws import JWS
 from pydantic import BaseModel
 
 from station.errors import DecryptFailed, Expired, InvalidRequest, StationError
-from station.protocol.keys import KeyStore
+from station.protocol.backend import CONTENT_ENC, KEY_ALG, SIGNING_ALG, KeyBackend, PublicKeys, jwe_decrypt
 from station.protocol.messages import (
     MAX_JWE_CHARS,
     CredentialRequest,
@@ -30,15 +39,12 @@ from station.protocol.messages import (
     PinRequest,
     PinResponse,
     ResponseKey,
-    decode_b64u,
+    decode_b64u_canonical,
     parse_request_payload,
     parse_response_payload,
     public_key_p384,
 )
 
-KEY_ALG = "ECDH-ES+A256KW"
-CONTENT_ENC = "A256GCM"
-SIGNING_ALG = "ES384"
 MAX_RESPONSE_CHARS = 1024 * 1024
 """A response carries an attestation certificate chain; it is bounded more loosely."""
 
@@ -61,6 +67,30 @@ def request_digest(compact: str) -> str:
     return websafe_encode(hashlib.sha256(data).digest())
 
 
+def content_digest(compact: str) -> str:
+    """The replay key of a request JWE: b64u(SHA-256) over its five decoded parts, each
+    preceded by its length (8 bytes, big-endian). Two spellings of one token, were any
+    accepted, would have the same content digest. InvalidRequest when it is no compact JWE."""
+    parts = compact.split(".") if isinstance(compact, str) else []
+    if len(parts) != 5:
+        raise InvalidRequest("not a compact JWE (five parts expected)")
+    digest = hashlib.sha256()
+    for part in parts:
+        try:
+            raw = decode_b64u_canonical(part)
+        except ValueError:
+            raise DecryptFailed("a part of the JWE is not canonical base64url") from None
+        digest.update(len(raw).to_bytes(8, "big"))
+        digest.update(raw)
+    return websafe_encode(digest.digest())
+
+
+def replay_keys(request_ids: list[str], jwes: list[str]) -> list[str]:
+    """What a station remembers of an item to refuse it again: each requestId and each
+    request's content digest (as `content:<digest>`, which no requestId spells)."""
+    return [*request_ids, *(f"content:{content_digest(jwe)}" for jwe in jwes)]
+
+
 def _split_header(
     compact: str, max_chars: int, error: type[StationError], oversize: type[StationError]
 ) -> dict:
@@ -72,12 +102,16 @@ def _split_header(
     parts = compact.split(".")
     if len(parts) != 5:
         raise error("not a compact JWE (five parts expected)")
+    names = ("protected header", "encrypted key", "initialization vector", "ciphertext", "tag")
+    for name, part in zip(names, parts):
+        try:
+            decode_b64u_canonical(part)
+        except ValueError:
+            raise error(f"the JWE {name} is not canonical base64url (alphabet, no padding, zero spare bits)") from None
     try:
-        for part in parts:
-            decode_b64u(part)
-        header = json.loads(decode_b64u(parts[0]).decode("utf-8"))
+        header = json.loads(decode_b64u_canonical(parts[0]).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise error("the JWE is not well-formed base64url / JSON") from None
+        raise error("the JWE protected header is not UTF-8 JSON") from None
     if not isinstance(header, dict):
         raise error("the JWE protected header is not a JSON object")
     return header
@@ -102,19 +136,16 @@ def _check_algorithms(header: dict, error: type[StationError]) -> None:
 
 def _decrypt(compact: str, key: JWK, max_plaintext: int, error: type[StationError]) -> bytes:
     """jwcrypto decryption restricted to ECDH-ES+A256KW / A256GCM."""
-    token = JWE(algs=[KEY_ALG, CONTENT_ENC])
     try:
-        token.deserialize(compact)
-        token.decrypt(key, max_plaintext=max_plaintext)
-    except (JWException, ValueError, TypeError):
+        return jwe_decrypt(compact, key, max_plaintext=max_plaintext)
+    except ValueError:
         raise error("the JWE does not decrypt with the named key") from None
-    return token.payload
 
 
 # -- station side ----------------------------------------------------------------------------
 
 
-def check_request_header(compact: str, *, keystore: KeyStore) -> dict:
+def check_request_header(compact: str, *, keystore: PublicKeys) -> dict:
     """The door check of a request JWE without decrypting it (§4): returns its header.
 
     Raises InvalidRequest when it is oversized, DecryptFailed when its form, `alg`/`enc`,
@@ -125,12 +156,12 @@ def check_request_header(compact: str, *, keystore: KeyStore) -> dict:
     kid = header.get("kid")
     if not isinstance(kid, str):
         raise DecryptFailed("the JWE header names no kid")
-    keystore.transport_key(kid)
+    keystore.check_transport_kid(kid)
     return header
 
 
 def open_request(
-    compact: str, *, keystore: KeyStore, now: datetime | None = None
+    compact: str, *, keystore: KeyBackend, now: datetime | None = None
 ) -> PinRequest | CredentialRequest:
     """A request JWE (§2) → its validated payload.
 
@@ -138,15 +169,14 @@ def open_request(
     (oversized, plaintext not a JSON object, payload invalid) or Expired (`notAfter` passed).
     """
     header = check_request_header(compact, keystore=keystore)
-    key = keystore.transport_key(header["kid"])
-    payload = parse_request_payload(_decrypt(compact, key, MAX_JWE_CHARS, DecryptFailed))
+    payload = parse_request_payload(keystore.decrypt(compact, kid=header["kid"], max_plaintext=MAX_JWE_CHARS))
     now = now or datetime.now(timezone.utc)
     if isinstance(payload, CredentialRequest) and payload.is_expired(now):
         raise Expired(f"credential request {payload.request_id} passed its notAfter")
     return payload
 
 
-def inspect_request(compact: str, *, keystore: KeyStore, now: datetime | None = None) -> dict:
+def inspect_request(compact: str, *, keystore: KeyBackend, now: datetime | None = None) -> dict:
     """`station inspect`: the JWE header and the validated payload, as JSON-ready data."""
     payload = open_request(compact, keystore=keystore, now=now)
     return {
@@ -159,21 +189,14 @@ def seal_response(
     payload: PinResponse | CredentialResponse,
     *,
     response_key: ResponseKey | dict,
-    keystore: KeyStore,
+    keystore: KeyBackend,
 ) -> str:
     """A response payload → ES384 JWS (signing key's kid), nested in a JWE to `responseKey`
     with `cty` "JWS" (§3)."""
     if isinstance(response_key, dict):
         response_key = ResponseKey.model_validate(response_key)
-    signer = keystore.signing_key()
-    jws = JWS(payload.to_json_bytes())
-    jws.add_signature(
-        signer,
-        alg=SIGNING_ALG,
-        protected={"alg": SIGNING_ALG, "kid": signer["kid"], "typ": "JOSE"},
-    )
     return _encrypt(
-        jws.serialize(compact=True).encode("ascii"),
+        keystore.sign(payload.to_json_bytes()).encode("ascii"),
         response_key.to_jwk(),
         {"kid": response_key.kid, "cty": "JWS"},
     )

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from fido2.ctap2.extensions import CredProtectExtension
-from fido2.utils import websafe_decode
+from fido2.utils import websafe_decode, websafe_encode
 from fido2.webauthn import (
     PublicKeyCredentialCreationOptions as Fido2CreationOptions,
     PublicKeyCredentialType,
@@ -57,6 +57,17 @@ def decode_b64u(value: str) -> bytes:
     if not isinstance(value, str) or not _B64U_ALPHABET.fullmatch(value) or len(value) % 4 == 1:
         raise ValueError("is not base64url without padding")
     return websafe_decode(value)
+
+
+def decode_b64u_canonical(value: str) -> bytes:
+    """Decode b64u and insist on its one spelling (RFC 7515 §2, RFC 4648 §3.5): besides
+    `decode_b64u`'s rules, the spare bits of the last character must be zero, so that
+    re-encoding the decoded bytes gives `value` back. For JOSE parts, whose spelling is a
+    replay key's business."""
+    raw = decode_b64u(value)
+    if websafe_encode(raw) != value:
+        raise ValueError("is not canonical base64url (non-zero spare bits)")
+    return raw
 
 
 def _check_b64u(value: str) -> str:

@@ -50,7 +50,9 @@ def test_serve_answers_on_loopback_until_terminated(tmp_path, keystore):
     port = free_port()
     url = f"sqlite:///{tmp_path}/served.db"
     token = Store.open(url).create_token(Role.CUSTOMER, "acme")
-    server = subprocess.Popen([STATION, "serve", "--db", url, "--keys", str(keystore.path), "--port", str(port)],
+    jwks = tmp_path / "published.jwks"
+    assert CliRunner().invoke(cli, ["keys", "export-public", "--dir", str(keystore.path), "--out", str(jwks)]).exit_code == 0
+    server = subprocess.Popen([STATION, "serve", "--db", url, "--jwks", str(jwks), "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
