@@ -6,8 +6,9 @@ transaction) or PostgreSQL (`postgresql://…`, driven by psycopg 3; a claim tak
 
 One queue item is one `shipment_item` of PROTOCOL.md §4: its PIN request JWE and its credential
 request JWEs, which stay encrypted here (only a station can open them). Every request JWE's
-digest (`requestDigest`, PROTOCOL.md §3) is kept for good, so a replayed JWE is refused at the
-door even after its shipment was purged. An item moves queued → claimed → fulfilled | failed; a
+content digest (`jose.content_digest`: over the decoded bytes of its five parts, so no
+re-encoding escapes it) is kept for good, so a replayed JWE is refused at the door even after its
+shipment was purged. An item moves queued → claimed → fulfilled | failed; a
 claim is a lease, and a lease that expires returns the item to the queue. A shipment's state is
 derived from its items. Sealed responses stay until the customer has read them (GET), and a
 shipment whose every item was read longer than the retention ago is purged.
@@ -56,7 +57,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from station.errors import InvalidRequest, UsageError
 from station.fulfillment.errors import Conflict, NotFound, ServiceUnavailable
-from station.protocol.jose import request_digest
+from station.protocol.jose import content_digest, request_digest
 
 SCHEMA_VERSION = 1
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
@@ -440,13 +441,15 @@ class Store:
         """Queue a shipment's items; refuses (ReplayedRequest) any request JWE seen before."""
         now = _now(now)
         shipment_id = str(uuid.uuid4())
-        digests = [[request_digest(jwe) for jwe in item.jwes] for item in new_items]
+        digests = [[content_digest(jwe) for jwe in item.jwes] for item in new_items]
         flat = [d for ds in digests for d in ds]
         if len(set(flat)) != len(flat):
             raise ReplayedRequest("the same request JWE appears twice in this shipment")
+        # rows written before the replay key became the content digest hold the string's digest
+        legacy = [request_digest(jwe) for item in new_items for jwe in item.jwes]
         try:
             with self._tx() as conn:
-                self._refuse_known(conn, flat)
+                self._refuse_known(conn, flat + legacy)
                 conn.execute(
                     insert(shipments).values(
                         id=shipment_id, owner=owner, envelope=json.dumps(envelope), created=now
@@ -468,7 +471,7 @@ class Store:
             select(request_digests.c.digest).where(request_digests.c.digest.in_(digests))
         ).first()
         if known is not None:
-            raise ReplayedRequest(f"request JWE with requestDigest {known.digest} was already received")
+            raise ReplayedRequest(f"a request JWE of the same content ({known.digest}) was already received")
 
     @staticmethod
     def _insert_item(conn: Connection, shipment_id: str, position: int, item: NewItem) -> int:

@@ -161,11 +161,53 @@ def public_key_p384(x: str, y: str) -> ec.EllipticCurvePublicKey:
 # -- §2.2 PublicKeyCredentialCreationOptionsJSON (WebAuthn Level 3) ---------------------------
 
 
+#: CTAP 2.1 §6.1 (authenticatorMakeCredential, `rp` and `user`): an authenticator must accept and
+#: store at least 64 bytes of `rp.name`, `user.name` and `user.displayName`, and may truncate a
+#: longer one; strict keys refuse it instead (CTAP2_ERR_REQUEST_TOO_LARGE / INVALID_LENGTH), so the
+#: station, the platform here, truncates before the key sees it, as WebAuthn L3 §6.4.1 asks of clients.
+CTAP_STORED_STRING_BYTES = 64
+#: characters that continue the grapheme before them: never left as the last thing kept or cut off
+#: from their base (combining marks are found with unicodedata.combining).
+_GRAPHEME_EXTENDERS = {"\u200d"} | {chr(c) for c in range(0xFE00, 0xFE10)} | {chr(c) for c in range(0x1F3FB, 0x1F400)}
+
+
+def truncate_ctap_string(value: str, limit: int = CTAP_STORED_STRING_BYTES) -> str:
+    """`value` cut to at most `limit` UTF-8 bytes, never inside a character (CTAP 2.1 §6.1: the
+    result must stay valid UTF-8) and, as WebAuthn L3 §6.4.1 recommends, not between a character
+    and the combining marks, variation selectors, emoji modifiers or zero-width joiner that extend
+    it (an approximation of a grapheme-cluster boundary, without a Unicode segmentation table)."""
+    import unicodedata
+
+    if len(value.encode("utf-8")) <= limit:
+        return value
+    end, size = 0, 0
+    for char in value:
+        width = len(char.encode("utf-8"))
+        if size + width > limit:
+            break
+        size += width
+        end += 1
+    def extends(ch: str) -> bool:
+        return ch in _GRAPHEME_EXTENDERS or unicodedata.combining(ch) != 0
+
+    while end > 0 and (extends(value[end]) or value[end - 1] == "\u200d"):
+        end -= 1  # back off to the start of the grapheme that would have been cut
+    return value[:end]
+
+
+def _ctap_string(value: str) -> str:
+    return truncate_ctap_string(value)
+
+
+CtapString = Annotated[StrictStr, AfterValidator(_ctap_string)]
+"""A display string the authenticator stores: truncated to 64 bytes when longer (CTAP 2.1 §6.1)."""
+
+
 class PublicKeyCredentialRpEntity(_Wire):
-    """`rp`: `id` is the RP ID (a lowercase domain), `name` its display name."""
+    """`rp`: `id` is the RP ID (a lowercase domain), `name` its display name (≤ 64 bytes kept)."""
 
     id: StrictStr
-    name: StrictStr
+    name: CtapString
 
     @field_validator("id")
     @classmethod
@@ -176,11 +218,12 @@ class PublicKeyCredentialRpEntity(_Wire):
 
 
 class PublicKeyCredentialUserEntity(_Wire):
-    """`user`: `id` is the user handle (b64u, 1..64 bytes)."""
+    """`user`: `id` is the user handle (b64u, 1..64 bytes); `name` and `displayName` are kept to
+    64 bytes each (CTAP 2.1 §6.1)."""
 
     id: B64UBytes
-    name: StrictStr
-    display_name: StrictStr
+    name: CtapString
+    display_name: CtapString
 
     @field_validator("id")
     @classmethod

@@ -27,7 +27,7 @@ from station.errors import (
     StationError,
     UserPresenceTimeout,
 )
-from station.protocol.jose import open_request, request_digest, seal_response
+from station.protocol.jose import open_request, replay_keys, request_digest, seal_response
 from station.protocol.keys import KeyStore
 from station.protocol.messages import (
     CredentialRequest,
@@ -37,6 +37,7 @@ from station.protocol.messages import (
 )
 from station.provision.credential import CredentialMaker, MadeCredential
 from station.provision.genuine import TrustStore, verify_genuine
+from station.provision.limits import check_item_limits
 from station.provision.pin import Pin, draw_pin, force_pin_change, set_pin
 
 #: Names of the steps reported to `on_step`, in order (the daemon journals them).
@@ -86,6 +87,8 @@ def open_item(
 def preflight(device: Device, item: OpenedItem, *, now: datetime) -> None:
     """Everything the item asks, checked before the key is written to (PROTOCOL.md §2, §5)."""
     info = device.info
+    check_item_limits(max_msg_size=info.max_msg_size, max_cred_id_length=info.max_cred_id_length,
+                      requests=[req for req, _ in item.credential_requests])
     if "clientPin" not in info.options:
         raise DeviceUnsupported("the key has no PIN support (clientPin)")
     if not info.options.get("rk"):
@@ -173,7 +176,8 @@ def provision_item(
         keystore=keystore,
         now=now,
     )
-    request_ids = [item.pin_request.request_id] + [r.request_id for r, _ in item.credential_requests]
+    request_ids = replay_keys([item.pin_request.request_id] + [r.request_id for r, _ in item.credential_requests],
+                              [item.pin_jwe] + [jwe for _, jwe in item.credential_requests])
     replayed = [r for r in request_ids if already_fulfilled and already_fulfilled(r)]
     if replayed:
         raise InvalidRequest(f"request {replayed[0]} was already fulfilled")
