@@ -360,7 +360,10 @@ _DB_OPTION = click.option(
 )
 
 
-SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host", "port", "retention_seconds")
+DOOR_OPTIONS = ("trusted_proxy", "max_body_bytes", "max_header_bytes", "head_timeout", "body_timeout",
+                "max_connections", "quota_shipments", "quota_bytes", "docs")
+SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host", "port", "retention_seconds",
+                 *DOOR_OPTIONS)
 
 
 @cli.command()
@@ -376,6 +379,16 @@ SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host"
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8080).")
 @click.option("--retention-seconds", type=float, help="How long read responses are kept before the purge.")
+@click.option("--trusted-proxy", multiple=True, metavar="CIDR",
+              help="A reverse proxy whose X-Forwarded-For is believed (repeatable); default: none, the peer address counts.")
+@click.option("--max-body-bytes", type=click.IntRange(1024), help="Largest request body (default 1 MiB; 413 above).")
+@click.option("--max-header-bytes", type=click.IntRange(1024), help="Largest request head (default 16 KiB).")
+@click.option("--head-timeout", type=click.FloatRange(min=0.1), help="Seconds for the request head (default 10).")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), help="Seconds for the body (default 10; 408 after).")
+@click.option("--max-connections", type=click.IntRange(1), help="Concurrent connections (default 200; 503 above).")
+@click.option("--quota-shipments", type=click.IntRange(1), help="Shipments per tenant per minute (default 120).")
+@click.option("--quota-bytes", type=click.IntRange(1024), help="Shipment bytes per tenant per minute (default 16 MiB).")
+@click.option("--docs", is_flag=True, default=None, help="Serve /docs and /redoc (off by default).")
 @click.pass_context
 @fail_cleanly
 def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
@@ -383,14 +396,26 @@ def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
     Options: command line > STATION_SERVE_* > the TOML [serve] table > defaults."""
     from station.config import load_serve_settings
     from station.fulfillment.api import serve as serve_api
+    from station.fulfillment.door import DoorLimits
 
-    settings = load_serve_settings(
-        given_options(ctx, *SERVE_OPTIONS), config_file
-    )
+    given = given_options(ctx, *SERVE_OPTIONS)
+    if not given.get("trusted_proxy", True):
+        given.pop("trusted_proxy")
+    settings = load_serve_settings(given, config_file)
+    try:
+        limits = DoorLimits(
+            max_body_bytes=settings.max_body_bytes, max_header_bytes=settings.max_header_bytes,
+            head_timeout=settings.head_timeout, body_timeout=settings.body_timeout,
+            max_connections=settings.max_connections, trusted_proxies=tuple(settings.trusted_proxy),
+            shipments_per_minute=settings.quota_shipments, shipment_bytes_per_minute=settings.quota_bytes,
+            docs=settings.docs,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     serve_api(settings.db_url, None if settings.keys_dir is None else str(settings.keys_dir),
               jwks_file=None if settings.jwks_file is None else str(settings.jwks_file),
               allow_private_keys=settings.allow_private_keys, host=settings.host, port=settings.port,
-              retention_seconds=settings.retention_seconds)
+              retention_seconds=settings.retention_seconds, limits=limits)
 
 
 @cli.group()

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import field_validator, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from station.errors import StationError
@@ -101,6 +101,21 @@ class ServeSettings(_Settings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     retention_seconds: float = Field(DEFAULT_RETENTION_SECONDS, gt=0, description="How long read responses are kept.")
+    # the door under abuse (station.fulfillment.door.DoorLimits)
+    trusted_proxy: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed.")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body (413 above).")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="Largest request head (400 above).")
+    head_timeout: float = Field(10.0, gt=0, description="Seconds for a request line and headers to arrive.")
+    body_timeout: float = Field(10.0, gt=0, description="Seconds for a body to arrive (408 after).")
+    max_connections: int = Field(200, ge=1, description="Concurrent connections and requests (503 above).")
+    quota_shipments: int = Field(120, ge=1, description="Shipments a tenant may post per minute (429 above).")
+    quota_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Bytes of shipments a tenant may post per minute.")
+    docs: bool = Field(False, description="Serve /docs and /redoc (the OpenAPI pages).")
+
+    @field_validator("trusted_proxy", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 _TABLES: dict[str, type[_Settings]] = {"run": RunSettings, "serve": ServeSettings}

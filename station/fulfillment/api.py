@@ -4,8 +4,11 @@ station API under `/v1/station/`, the two JWKS, and the OpenAPI document at `/op
 Every refusal is an `ErrorBody` `{error_code, error_message, error_data}`: 400 for a field limit
 or a JWE header refused at the door (never FastAPI's 422 shape), 401 for a missing or unknown
 bearer token, 403 for a token of the wrong role, 404 for a shipment that is not the caller's,
-409 for a lease the station does not hold, 413 for a body over `MAX_BODY_BYTES`, 429 (with
-Retry-After) for a client address that presented too many unknown bearer tokens lately.
+409 for a lease the station does not hold, 408 for a body that did not arrive in time, 413 for a
+body over `MAX_BODY_BYTES`, 429 (with Retry-After) for a client address that presented too many
+unknown bearer tokens lately (`rate_limited`) or a tenant past its shipment quota
+(`quota_exceeded`), 400 `token_in_query` for a token in a query string. Authentication, limits
+and quotas run in the Door (station.fulfillment.door) before the body is read.
 The service never opens a request JWE: it checks headers only (`check_request_header`).
 """
 
@@ -13,10 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import threading
-import time
-from collections import OrderedDict, deque
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -26,7 +26,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from station.errors import StationError
 from station.fulfillment.errors import (
@@ -38,6 +37,7 @@ from station.fulfillment.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from station.fulfillment.door import Door, DoorLimits, FailedTokenLimit, TenantQuota, server_config
 from station.fulfillment.models import (
     MAX_ITEM_ID,
     ClaimedItem,
@@ -59,7 +59,8 @@ from station.protocol.jose import check_request_header
 from station.protocol.keys import KeyStore, PublishedKeys, holds_private_keys
 from station.protocol.messages import ErrorBody, ItemError, ProductData, ShipmentRequest
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = DoorLimits().max_body_bytes
+__all__ = ["FailedTokenLimit", "create_app", "serve"]  # FailedTokenLimit lives in door.py
 DEFAULT_PURGE_INTERVAL_SECONDS = 3600.0
 DEFAULT_FAILED_TOKEN_LIMIT = 10
 DEFAULT_FAILED_TOKEN_WINDOW_SECONDS = 60.0
@@ -81,21 +82,30 @@ def create_app(
     purge_interval: float | None = DEFAULT_PURGE_INTERVAL_SECONDS,
     failed_token_limit: int = DEFAULT_FAILED_TOKEN_LIMIT,
     failed_token_window: float = DEFAULT_FAILED_TOKEN_WINDOW_SECONDS,
+    limits: DoorLimits | None = None,
 ) -> FastAPI:
     """The service's ASGI app over `store` and `keystore`; purges every `purge_interval` seconds
     (None: never, the caller runs `store.purge`). A client address that presents
     `failed_token_limit` unknown bearer tokens within `failed_token_window` seconds is answered
-    429 until the window lets the oldest of them go (`FailedTokenLimit`)."""
+    429 until the window lets the oldest of them go (`FailedTokenLimit`). `limits`: the door's
+    (station.fulfillment.door: body, quotas, trusted proxies, whether /docs is served)."""
+    limits = limits or DoorLimits()
     app = FastAPI(
         title="FIDO pre-registration fulfillment service",
         version="1",
         lifespan=_purging(store, purge_interval),
         responses=_ERRORS,
+        docs_url="/docs" if limits.docs else None,
+        redoc_url="/redoc" if limits.docs else None,
     )
     app.state.store = store
     app.state.keystore = published_keys(keystore)
     app.state.failed_tokens = FailedTokenLimit(failed_token_limit, failed_token_window)
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(
+        Door, limits=limits, failed_tokens=app.state.failed_tokens,
+        quota=TenantQuota(limits.shipments_per_minute, limits.shipment_bytes_per_minute),
+        authenticate=store.authenticate, refuse=_error, tenant_of=_tenant_of, name_of=lambda p: p.name,
+    )
     _add_error_handlers(app)
     _add_customer_routes(app)
     _add_station_routes(app)
@@ -171,119 +181,35 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
-class BodyLimit:
-    """Refuses (413) a request body over `max_bytes`, declared or streamed: the body is read
-    up to the limit before the app sees it, then handed on as one message."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        body = None if not declared.isdigit() or int(declared) > self.max_bytes else await self._read(receive)
-        if body is None:
-            refusal = _error(413, PayloadTooLarge.code, f"the body exceeds {self.max_bytes} bytes")
-            await refusal(scope, receive, send)
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _read(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passes the limit."""
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(chunks)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
-
-
 # -- authentication ------------------------------------------------------------------------
-
-
-class FailedTokenLimit:
-    """The failed-token limit: at most `limit` unknown bearer tokens per client address within
-    any `window` seconds (a sliding window). Once an address reaches it, every token it presents
-    is refused unseen (`RateLimited`) until its oldest failure leaves the window, so guessing
-    gains no answers. Known tokens are never counted; an address's failures are not forgiven by
-    a success either (a customer token must not buy guesses at a station token). At most
-    `max_addresses` addresses are tracked, the least recently failing forgotten first."""
-
-    def __init__(self, limit: int, window: float, *, max_addresses: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if limit < 1 or window <= 0:
-            raise ValueError("the failed-token limit needs limit >= 1 and window > 0")
-        self.limit = limit
-        self.window = window
-        self.max_addresses = max_addresses
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def check(self, address: str) -> None:
-        """Raise RateLimited while `address` is at the limit."""
-        with self._lock:
-            now = self.clock()
-            failures = self._recent(address, now)
-            if len(failures) >= self.limit:
-                wait = max(1, math.ceil(failures[0] + self.window - now))
-                raise RateLimited(
-                    f"too many unknown bearer tokens from this address: retry in {wait} s",
-                    error_data={"retry_after": wait},
-                )
-
-    def failed(self, address: str) -> None:
-        """Count one unknown token presented by `address`."""
-        with self._lock:
-            now = self.clock()
-            failures = self._recent(address, now)
-            failures.append(now)
-            self._failures[address] = failures
-            self._failures.move_to_end(address)
-            while len(self._failures) > self.max_addresses:
-                self._failures.popitem(last=False)
-
-    def _recent(self, address: str, now: float) -> deque[float]:
-        """The failures of `address` still inside the window (an address with none is forgotten)."""
-        failures = self._failures.get(address, deque())
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if not failures:
-            self._failures.pop(address, None)
-        return failures
 
 
 def _principal(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
 ) -> Principal:
+    """The caller, as the Door authenticated it before the body was read (station.fulfillment.door);
+    for a route outside /v1/ the same checks run here: an unknown token counts against the
+    caller's address, a known one is never refused."""
+    found = request.scope.get("state", {}).get("principal")
+    if found is not None:
+        return found
     if credentials is None:
         raise Unauthorized("a bearer token is required")
-    limit: FailedTokenLimit = request.app.state.failed_tokens
-    address = request.client.host if request.client is not None else "unknown"
-    limit.check(address)
     principal = request.app.state.store.authenticate(credentials.credentials)
     if principal is None:
+        limit: FailedTokenLimit = request.app.state.failed_tokens
+        address = request.scope.get("state", {}).get("peer") or "unknown"
+        limit.check(address)
         limit.failed(address)
         raise Unauthorized("the bearer token is not known")
     return principal
+
+
+def _tenant_of(principal: Principal) -> Any:
+    """The quota key of a customer: its tenant (None for stations and operators)."""
+    if principal.role is not Role.CUSTOMER:
+        return None
+    return getattr(principal, "tenant_id", None) or principal.name
 
 
 def _role(role: Role) -> Callable[..., Principal]:
@@ -465,13 +391,26 @@ def load_service_keys(*, jwks_file: str | None, keys_dir: str | None,
 
 def serve(db_url: str | None, keys_dir: str | None = None, *, jwks_file: str | None = None,
           allow_private_keys: bool = False, host: str = "127.0.0.1", port: int = 8080,
-          retention_seconds: float | None = None) -> None:
-    """`station serve`: the service under uvicorn until interrupted."""
+          retention_seconds: float | None = None, limits: DoorLimits | None = None) -> None:
+    """`station serve`: the service under uvicorn until interrupted (how uvicorn is started:
+    door.server_config; the access log: logger `station.access` on stderr)."""
     import uvicorn
 
+    limits = limits or DoorLimits()
     keystore = load_service_keys(jwks_file=jwks_file, keys_dir=keys_dir, allow_private_keys=allow_private_keys)
     store = Store.open(db_url) if retention_seconds is None else Store.open(db_url, retention_seconds=retention_seconds)
+    _log_access()
     try:
-        uvicorn.run(create_app(store, keystore), host=host, port=port)
+        uvicorn.Server(server_config(create_app(store, keystore, limits=limits), limits, host=host, port=port)).run()
     finally:
         store.close()
+
+
+def _log_access() -> None:
+    logger = logging.getLogger("station.access")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

@@ -10,19 +10,21 @@ import time
 
 from station.errors import StationError
 from station.fulfillment.api import create_app
+from station.fulfillment.door import DoorLimits, server_config
 from station.fulfillment.store import Store
-from station.protocol.keys import KeyStore
+from station.protocol.keys import KeyStore, PublishedKeys
 
 
 class EmbeddedService:
     """`with EmbeddedService(store, keystore) as service: service.url`"""
 
-    def __init__(self, store: Store, keystore: KeyStore, *, host: str = "127.0.0.1", **app_options) -> None:
+    def __init__(self, store: Store, keystore: KeyStore | PublishedKeys, *, host: str = "127.0.0.1", **app_options) -> None:
         import uvicorn
 
         self.store = store
-        app = create_app(store, keystore, **app_options)
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        limits = app_options.pop("limits", None) or DoorLimits()
+        app = create_app(store, keystore, limits=limits, **app_options)
+        self.server = uvicorn.Server(server_config(app, limits, log_level="warning"))  # as `station serve`
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind((host, 0))
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"

@@ -69,9 +69,17 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class RequestTimeout(ServiceError):
+    """408: the body did not arrive within the service's body timeout."""
+
+    code = "request_timeout"
+    status = 408
+
+
 class RateLimited(ServiceError):
-    """429: this client address presented too many unknown bearer tokens lately; `retry_after`
-    (in `error_data`, and the Retry-After header) is the whole seconds until it may try again."""
+    """429: this client address presented too many unknown bearer tokens lately (`rate_limited`),
+    or the tenant used up its shipment quota (`quota_exceeded`); `retry_after` (in `error_data`,
+    and the Retry-After header) is the whole seconds until it may try again."""
 
     code = "rate_limited"
     status = 429
@@ -91,6 +99,6 @@ class ServiceUnavailable(ServiceError):
 
 BY_STATUS: dict[int, type[ServiceError]] = {
     cls.status: cls
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge,
+    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, RequestTimeout, PayloadTooLarge,
                 RateLimited, ServiceUnavailable)
 }

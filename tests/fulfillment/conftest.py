@@ -101,10 +101,10 @@ def start_service(tmp_path, keystore) -> Iterator[Callable[..., Service]]:
     """Start a service over a fresh SQLite store (options: purge_interval, retention_seconds)."""
     started: list[tuple[Service, Store]] = []
 
-    def start(*, purge_interval: float | None = None, retention_seconds: float = 3600) -> Service:
+    def start(*, purge_interval: float | None = None, retention_seconds: float = 3600, **app_options) -> Service:
         store = Store.open(f"sqlite:///{tmp_path}/service-{len(started)}.db",
                            retention_seconds=retention_seconds)
-        service = Service(store, keystore, purge_interval=purge_interval).start()
+        service = Service(store, keystore, purge_interval=purge_interval, **app_options).start()
         started.append((service, store))
         return service
 

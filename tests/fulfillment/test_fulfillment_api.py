@@ -211,8 +211,12 @@ def test_an_oversized_body_is_413(service, customer):
 
 
 def test_an_unknown_route_answers_an_error_body(service):
-    assert_error_body(raw(service, "GET", "/v1/nothing"), 404, "not_found")
-    assert_error_body(raw(service, "DELETE", "/v1/fpr/shipments"), 405, "http_error")
+    # under /v1/ the door authenticates first (issue 17): no token, no answer about routes
+    assert_error_body(raw(service, "GET", "/v1/nothing"), 401, "unauthorized")
+    token = service.store.create_token("customer", "route-prober")
+    assert_error_body(raw(service, "GET", "/v1/nothing", token), 404, "not_found")
+    assert_error_body(raw(service, "DELETE", "/v1/fpr/shipments", token), 405, "http_error")
+    assert_error_body(raw(service, "GET", "/nothing"), 404, "not_found")
 
 
 # -- the station API -----------------------------------------------------------------------
