@@ -24,8 +24,13 @@ from station.customer.orders import SealedItem
 from station.vendors import HID_GLOBAL, YUBICO, vendor_intermediates, vendor_roots
 from station.errors import StationError
 from station.masked import Pin
-from station.protocol.jose import ResponseRejected, open_response
+from station.protocol.jose import NotCompactJws, ResponseRejected, open_response
 from station.protocol.messages import CredentialResponse, PinResponse
+
+
+__all__ = ["NotCompactJws", "NotGenuine", "RegistrationRejected", "ResponseRejected", "open_item_responses"]
+# NotCompactJws (a ResponseRejected): a response whose inner JWS is anything but one compact
+# serialization (a JSON serialization, several signatures) is refused by name, never parsed.
 
 
 class NotGenuine(StationError):

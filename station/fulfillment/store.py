@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -292,7 +293,7 @@ def _make_engine(url: str, *, pool_size: int) -> Engine:
         return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         raise UsageError(f"--db must be sqlite:///FILE or postgresql://…, not {url!r}")
-    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    _private_database_file(Path(parsed.database))
     engine = create_engine(
         parsed.set(drivername="sqlite+pysqlite"),
         pool_size=pool_size,
@@ -302,6 +303,24 @@ def _make_engine(url: str, *, pool_size: int) -> Engine:
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _private_database_file(path: Path) -> None:
+    """The SQLite file (recipient PII, JWEs, token hashes) is 0600 before SQLite opens it, so its
+    -wal, -shm and -journal files, which SQLite creates with the database's own mode, are 0600
+    too; a folder the store creates is 0700, and a looser existing one is named in a warning."""
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True)
+    elif folder.stat().st_mode & 0o077:
+        logging.getLogger(__name__).warning(
+            "the database folder %s is open to other users: chmod 0700 %s (or give the database a folder of its own)",
+            folder, folder)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    for companion in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        if companion.exists() and companion.stat().st_mode & 0o077:
+            os.chmod(companion, 0o600)
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:

@@ -55,6 +55,14 @@ class ResponseRejected(StationError):
     code = "response_rejected"
 
 
+class NotCompactJws(ResponseRejected):
+    """The response's inner JWS is not one compact serialization (three canonical base64url
+    parts): PROTOCOL.md §3 allows nothing else, JSON serializations (flattened or general, with
+    several signatures) included."""
+
+    code = "response_not_compact_jws"
+
+
 # -- both sides ------------------------------------------------------------------------------
 
 
@@ -246,8 +254,29 @@ def open_response(
     return payload
 
 
+def _check_compact_jws(jws_compact: bytes) -> None:
+    """NotCompactJws unless `jws_compact` is ASCII `header.payload.signature`, each part canonical
+    base64url, the header a JSON object (checked before jwcrypto, which also takes JSON forms)."""
+    try:
+        text = jws_compact.decode("ascii")
+    except UnicodeDecodeError:
+        raise NotCompactJws("the inner JWS is not ASCII: not a compact serialization") from None
+    parts = text.split(".")
+    if len(parts) != 3 or not parts[0] or not parts[2]:
+        raise NotCompactJws("the inner JWS is not a compact serialization (header.payload.signature)")
+    try:
+        for part in parts:
+            decode_b64u_canonical(part)
+        header = json.loads(decode_b64u_canonical(parts[0]))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise NotCompactJws("the inner JWS parts are not canonical base64url / a JSON header") from None
+    if not isinstance(header, dict):
+        raise NotCompactJws("the inner JWS header is not a JSON object")
+
+
 def _verify(jws_compact: bytes, signing_jwks: dict) -> bytes:
-    """The payload of an ES384 JWS whose `kid` names a key of `signing_jwks`."""
+    """The payload of an ES384 compact JWS whose `kid` names a key of `signing_jwks`."""
+    _check_compact_jws(jws_compact)
     token = JWS()
     try:
         token.deserialize(jws_compact.decode("ascii"))
