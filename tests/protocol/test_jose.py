@@ -461,7 +461,7 @@ def test_response_whose_plaintext_is_not_a_jws_is_rejected(keystore, sealed_pin,
         JWK(**response_key),
         {"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "kid": response_key["kid"], "cty": "JWS"},
     )
-    with pytest.raises(ResponseRejected, match="well-formed"):
+    with pytest.raises(ResponseRejected, match="not a compact serialization"):
         _open(sealed, keystore, sealed_pin, response_private_key)
 
 
