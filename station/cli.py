@@ -426,13 +426,32 @@ def tokens() -> None:
 @tokens.command("create")
 @_DB_OPTION
 @click.option("--role", required=True, type=click.Choice(["customer", "station"]))
-@click.option("--name", required=True, help="The customer (its shipments) or the station (the audit).")
+@click.option("--tenant", "tenant_id", type=int, help="The tenant (station tenants add) a customer token acts for.")
+@click.option("--name", help="A label: the station's name in the audit; for a customer, default its tenant's name.")
+@click.option("--expires", "expires_days", type=click.FloatRange(min=0), default=365.0, show_default=True,
+              help="Days until the token stops working (0: never).")
 @fail_cleanly
-def tokens_create(db_url: str | None, role: str, name: str) -> None:
+def tokens_create(db_url: str | None, role: str, tenant_id: int | None, name: str | None, expires_days: float) -> None:
     """Print a new bearer token (only its hash is stored: keep it now)."""
-    from station.fulfillment.store import create_token
+    from station.fulfillment.store import Store, create_token
 
-    click.echo(create_token(db_url, role, name))
+    if role == "customer" and tenant_id is None:
+        raise UsageError("a customer token needs --tenant ID (station tenants add NAME; station tenants list)")
+    if name is None:
+        if tenant_id is None:
+            raise UsageError("a station token needs --name (its name in the audit)")
+        store = Store.open(db_url)
+        try:
+            name = next((t.name for t in store.list_tenants() if t.id == tenant_id), str(tenant_id))
+        finally:
+            store.close()
+    click.echo(create_token(db_url, role, name, tenant_id=tenant_id, expires_days=expires_days or None))
+
+
+# tenants add|list, tokens list|revoke (issue 17)
+from station.cli_security import register as _register_security  # noqa: E402
+
+_register_security(cli, tokens, _DB_OPTION, fail_cleanly)
 
 
 # ---------------------------------------------------------------- doctor (machine readiness)

@@ -206,10 +206,10 @@ def _principal(
 
 
 def _tenant_of(principal: Principal) -> Any:
-    """The quota key of a customer: its tenant (None for stations and operators)."""
+    """The quota key of a customer: its tenant, as its shipments' owner (None for stations)."""
     if principal.role is not Role.CUSTOMER:
         return None
-    return getattr(principal, "tenant_id", None) or principal.name
+    return principal.owner
 
 
 def _role(role: Role) -> Callable[..., Principal]:
@@ -238,7 +238,7 @@ def _add_customer_routes(app: FastAPI) -> None:
         """Queue a shipment; every request JWE's header is checked here, none is opened."""
         check_headers(body, request.app.state.keystore)
         shipment_id = _store(request).create_shipment(
-            customer.name, _envelope(body), [_new_item(item) for item in body.shipment_items]
+            customer.owner, _envelope(body), [_new_item(item) for item in body.shipment_items]
         )
         return ShipmentCreated(
             shipment_id=shipment_id,
@@ -248,7 +248,7 @@ def _add_customer_routes(app: FastAPI) -> None:
     @app.get("/v1/fpr/shipments/{shipment_id}", response_model=ShipmentView, tags=["customer"])
     def get_shipment(shipment_id: ShipmentId, customer: Customer, request: Request) -> ShipmentView:
         """The caller's shipment with its state and, per finished item, its product_data."""
-        return shipment_view(_store(request).get_shipment(customer.name, shipment_id))
+        return shipment_view(_store(request).get_shipment(customer.owner, shipment_id))
 
     @app.get("/.well-known/transport-keys.jwks", response_model=Jwks, tags=["keys"])
     def transport_keys(request: Request) -> Jwks:

@@ -76,6 +76,19 @@ tokens = Table(
     Column("role", String(16), nullable=False),
     Column("name", String(200), nullable=False),
     Column("created", Double, nullable=False),
+    # issue 17 (added to older databases by _upgrade_tokens): tenant binding, expiry, revocation
+    Column("tenant_id", Integer, nullable=True),
+    Column("expires", Double, nullable=True),
+    Column("revoked", Double, nullable=True),
+)
+
+#: the customers (issue 17): a shipment belongs to a tenant, never to a token's free-text name
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created", Double, nullable=False),
 )
 
 shipments = Table(
@@ -180,11 +193,46 @@ class AuditEvent(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Principal:
-    """The holder of a bearer token: its row id, role and name (a customer is its name)."""
+    """The holder of a bearer token: its row id, role, name (the token's label, a station's name
+    in the audit) and tenant. A customer's shipments belong to its `owner`: its tenant
+    (`tenant:<id>`), or, for a token made before tenants existed, its name as before."""
 
     id: int
     role: Role
     name: str
+    tenant_id: int | None = None
+
+    @property
+    def owner(self) -> str:
+        return f"tenant:{self.tenant_id}" if self.tenant_id is not None else self.name
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: int
+    name: str
+    created: float
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as `station tokens list` shows it (never the token itself: only its hash is kept)."""
+
+    id: int
+    role: Role
+    name: str
+    tenant_id: int | None
+    tenant: str | None
+    created: float
+    expires: float | None
+    revoked: float | None
+
+    def status(self, now: float) -> str:
+        if self.revoked is not None:
+            return "revoked"
+        if self.expires is not None and self.expires <= now:
+            return "expired"
+        return "active"
 
 
 @dataclass(frozen=True)
@@ -333,6 +381,18 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _upgrade_tokens(conn: Connection) -> None:
+    """Issue 17's additive schema change (no migrations framework on main yet): a database made
+    before tenants gets the tokens columns `tenant_id`, `expires`, `revoked` (all NULL: its tokens
+    keep working, unbound, without expiry); the `tenants` table comes with `create_all`. Idempotent."""
+    from sqlalchemy import inspect
+
+    present = {c["name"] for c in inspect(conn).get_columns("tokens")}
+    for column, kind in (("tenant_id", "INTEGER"), ("expires", "DOUBLE PRECISION"), ("revoked", "DOUBLE PRECISION")):
+        if column not in present:
+            conn.exec_driver_sql(f"ALTER TABLE tokens ADD COLUMN {column} {kind}")
+
+
 def _sqlite_begin(conn: Connection) -> None:
     """Every transaction takes the write lock up front, so two claims never race."""
     conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -415,6 +475,7 @@ class Store:
     def _create_schema(self) -> None:
         with self._tx() as conn:
             metadata.create_all(conn)
+            _upgrade_tokens(conn)
             version = conn.execute(select(schema_version.c.version)).scalar()
             if version is None:
                 conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
@@ -423,30 +484,81 @@ class Store:
                     f"the database has schema version {version}, this station speaks {SCHEMA_VERSION}"
                 )
 
-    # -- tokens ------------------------------------------------------------------------------
-    def create_token(self, role: Role | str, name: str, *, now: float | None = None) -> str:
-        """A new bearer token for `name`; only its hash is stored, so print it once."""
+    # -- tenants and tokens ------------------------------------------------------------------
+    def create_tenant(self, name: str, *, now: float | None = None) -> Tenant:
+        """A new tenant (a customer); names are unique."""
+        name = name.strip()
+        if not name:
+            raise UsageError("a tenant needs a non-empty name")
+        now = _now(now)
+        try:
+            with self._tx() as conn:
+                tenant_id = conn.execute(
+                    insert(tenants).values(name=name, created=now).returning(tenants.c.id)
+                ).scalar_one()
+        except IntegrityError:
+            raise UsageError(f"a tenant named {name!r} exists already (station tenants list)") from None
+        return Tenant(tenant_id, name, now)
+
+    def list_tenants(self) -> list[Tenant]:
+        with self._tx() as conn:
+            rows = conn.execute(select(tenants).order_by(tenants.c.id)).all()
+        return [Tenant(r.id, r.name, r.created) for r in rows]
+
+    def create_token(self, role: Role | str, name: str, *, tenant_id: int | None = None,
+                     expires: float | None = None, now: float | None = None) -> str:
+        """A new bearer token for `name` (its label), bound to `tenant_id` (which must exist), valid
+        until `expires` (seconds since the epoch; None: no expiry). Only its SHA-256 hash is
+        stored, so print it once."""
         role = Role(role)
         if not name.strip():
             raise UsageError("a token needs a non-empty --name")
         token = secrets.token_urlsafe(32)
         with self._tx() as conn:
+            if tenant_id is not None and conn.execute(
+                    select(tenants.c.id).where(tenants.c.id == tenant_id)).first() is None:
+                raise UsageError(f"no tenant {tenant_id}: station tenants add NAME, then use its id")
             conn.execute(
                 insert(tokens).values(
-                    token_hash=hash_token(token), role=role.value, name=name, created=_now(now)
+                    token_hash=hash_token(token), role=role.value, name=name, created=_now(now),
+                    tenant_id=tenant_id, expires=expires,
                 )
             )
         return token
 
-    def authenticate(self, token: str) -> Principal | None:
-        """The principal holding `token`, or None for an unknown token."""
+    def authenticate(self, token: str, *, now: float | None = None) -> Principal | None:
+        """The principal holding `token`, or None for an unknown, expired or revoked token."""
+        now = _now(now)
         with self._tx() as conn:
             row = conn.execute(
-                select(tokens.c.id, tokens.c.role, tokens.c.name).where(
-                    tokens.c.token_hash == hash_token(token)
+                select(tokens.c.id, tokens.c.role, tokens.c.name, tokens.c.tenant_id).where(
+                    tokens.c.token_hash == hash_token(token),
+                    tokens.c.revoked.is_(None),
+                    tokens.c.expires.is_(None) | (tokens.c.expires > now),
                 )
             ).first()
-        return None if row is None else Principal(row.id, Role(row.role), row.name)
+        return None if row is None else Principal(row.id, Role(row.role), row.name, row.tenant_id)
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every token (id, role, label, tenant, dates), oldest first."""
+        query = (select(tokens.c.id, tokens.c.role, tokens.c.name, tokens.c.tenant_id, tenants.c.name.label("tenant"),
+                        tokens.c.created, tokens.c.expires, tokens.c.revoked)
+                 .select_from(tokens.outerjoin(tenants, tenants.c.id == tokens.c.tenant_id))
+                 .order_by(tokens.c.id))
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        return [TokenInfo(r.id, Role(r.role), r.name, r.tenant_id, r.tenant, r.created, r.expires, r.revoked)
+                for r in rows]
+
+    def revoke_token(self, token_id: int, *, now: float | None = None) -> None:
+        """Revoke token `token_id`: from now on it authenticates nothing (UsageError if unknown)."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(tokens).where(tokens.c.id == token_id, tokens.c.revoked.is_(None)).values(revoked=_now(now))
+            )
+            if done.rowcount == 0 and conn.execute(
+                    select(tokens.c.id).where(tokens.c.id == token_id)).first() is None:
+                raise UsageError(f"no token {token_id} (station tokens list)")
 
     # -- customer side -------------------------------------------------------------------------
     def create_shipment(
@@ -757,10 +869,12 @@ class Store:
         return {state.value: 0 for state in ItemState} | {r[0]: r[1] for r in rows}
 
 
-def create_token(url: str | None, role: Role | str, name: str) -> str:
+def create_token(url: str | None, role: Role | str, name: str, *, tenant_id: int | None = None,
+                 expires_days: float | None = None) -> str:
     """`station tokens create`: a new bearer token in the store at `url`."""
+    expires = None if not expires_days else time.time() + expires_days * 86400
     store = Store.open(url)
     try:
-        return store.create_token(role, name)
+        return store.create_token(role, name, tenant_id=tenant_id, expires=expires)
     finally:
         store.close()

@@ -33,8 +33,10 @@ def test_tokens_create_prints_a_token_of_that_role(tmp_path):
 def test_tokens_create_defaults_to_station_db(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path}/from-env.db"
     monkeypatch.setenv("STATION_DB", url)
-    result = CliRunner().invoke(cli, ["tokens", "create", "--role", "customer", "--name", "acme"])
-    assert result.exit_code == 0
+    tenant = CliRunner().invoke(cli, ["tenants", "add", "acme"])
+    assert tenant.exit_code == 0, tenant.output
+    result = CliRunner().invoke(cli, ["tokens", "create", "--role", "customer", "--tenant", tenant.output.split()[0]])
+    assert result.exit_code == 0, result.output
     store = Store.open(url)
     assert store.authenticate(result.output.strip()).name == "acme"
     store.close()
