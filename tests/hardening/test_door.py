@@ -342,3 +342,10 @@ def test_the_access_log_has_the_real_peer_and_no_token(serve, caplog):
 def test_docs_are_served_only_behind_the_flag(serve):
     assert serve().get("/docs").status_code == 404
     assert serve(docs=True).get("/docs").status_code == 200
+
+
+def test_the_door_probe_script_passes_against_a_real_station_serve():
+    """scripts/door_probe.py (docs/HARDENING.md quotes its output), with 10 connections."""
+    from .conftest import load_script
+
+    assert load_script("door_probe").main(["--connections", "10", "--json"]) == 0
