@@ -256,11 +256,15 @@ def test_yubikit_reads_the_serial_through_pcscd(served):
 
 
 @pytest.mark.pcscd
-def test_crescendo_cplc_through_pcscd(served):
+def test_crescendo_cplc_through_pcscd_from_the_card_manager_only(served):
     _, reader = served("crescendo-4000")
     device = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
+    assert device.apdu_exchange(bytes.fromhex("80CA9F7F00")) == (b"", 0x6D, 0x00)  # FIDO applet selected
+    _, sw1, sw2 = device.apdu_exchange(bytes.fromhex("00A4040008A00000015100000000"))
+    assert (sw1, sw2) == (0x90, 0x00)
     data, sw1, sw2 = device.apdu_exchange(bytes.fromhex("80CA9F7F00"))
     assert (sw1, sw2) == (0x90, 0x00) and data[:3] == b"\x9f\x7f\x2a"
+    device.apdu_exchange(bytes.fromhex("00A4040008A0000006472F0001"))
     assert Ctap2(device).get_info().aaguid.hex() == "0b8b05a4ebd44b0b8f5f33d7b6e606ab"
     device.close(release=True)
 
