@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, unique
@@ -64,8 +65,14 @@ from fido2.ctap import STATUS
 from fido2.pcsc import CtapPcscDevice
 from smartcard.CardConnection import CardConnection
 from smartcard.Exceptions import CardConnectionException, NoCardException
-from smartcard.scard import SCARD_LEAVE_CARD, SCARD_UNPOWER_CARD, SCARD_W_REMOVED_CARD
+from smartcard.scard import (
+    SCARD_E_NOT_TRANSACTED,
+    SCARD_LEAVE_CARD,
+    SCARD_UNPOWER_CARD,
+    SCARD_W_REMOVED_CARD,
+)
 
+from . import faults
 from .errors import VirtualError
 
 if TYPE_CHECKING:
@@ -137,6 +144,7 @@ class _Job:
 
     status: int = STATUS.PROCESSING
     response: bytes | None = None
+    fault: Exception | None = None  # KeyPulled / KeyWedged from the fault plan
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -199,6 +207,7 @@ class FidoApplet:
         self._authenticator = authenticator
         self._lock = threading.RLock()
         self._process_lock = threading.Lock()
+        self._fault: type[Exception] | None = None
         self._reset_card_state()
 
     def _reset_card_state(self) -> None:
@@ -206,6 +215,8 @@ class FidoApplet:
         self._chained: tuple[tuple[int, int, int, int], bytes] | None = None
         self._remaining: bytes | None = None
         self._job: _Job | None = None
+        if self._fault is faults.KeyWedged:
+            self._fault = None  # power loss un-wedges a card; a pulled one stays out
 
     @property
     def atr(self) -> bytes:
@@ -217,11 +228,15 @@ class FidoApplet:
         with self._lock:
             self._abandon_job()
             self._reset_card_state()
+            faults.injector(self._authenticator).power_cycle()
             self._authenticator.power_cycle()
 
     def apdu(self, command: bytes) -> bytes:
-        """Process one command APDU; returns response data + SW1 SW2."""
+        """Process one command APDU; returns response data + SW1 SW2. Under a fault plan it
+        raises faults.KeyPulled (the card left the field) or faults.KeyWedged (no answer)."""
         with self._lock:
+            if self._fault is not None:
+                raise self._fault("the card already failed")
             try:
                 data, sw = self._handle(CommandApdu.parse(bytes(command)))
             except _StatusWord as status:
@@ -349,7 +364,13 @@ class FidoApplet:
         """A U2F command (after chaining), passed on as an extended-length request message."""
         lc = len(cmd.data).to_bytes(2, "big") if cmd.data else b""
         message = bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2, 0]) + lc + cmd.data + b"\x00\x00"
-        response = self._authenticator.process_u2f(message)
+        try:
+            response = faults.injector(self._authenticator).run(
+                self._authenticator.process_u2f, message, u2f=True
+            )
+        except (faults.KeyPulled, faults.KeyWedged) as fault:
+            self._fault = type(fault)
+            raise
         return response[:-2], int.from_bytes(response[-2:], "big")
 
     def _nfcctap_msg(self, cmd: CommandApdu) -> tuple[bytes, int]:
@@ -382,6 +403,9 @@ class FidoApplet:
 
     def _finish(self, job: _Job) -> tuple[bytes, int]:
         self._job = None
+        if job.fault is not None:
+            self._fault = type(job.fault)
+            raise job.fault
         if job.response is None:
             return b"", self.SW.NO_PRECISE_DIAGNOSIS
         return job.response, self.SW.OK
@@ -392,9 +416,11 @@ class FidoApplet:
 
         with self._process_lock:
             try:
-                job.response = self._authenticator.process(
-                    request, keepalive=keepalive, cancel=job.cancel
+                job.response = faults.injector(self._authenticator).run(
+                    self._authenticator.process, request, keepalive=keepalive, cancel=job.cancel
                 )
+            except (faults.KeyPulled, faults.KeyWedged) as fault:
+                job.fault = fault
             except Exception:  # the firmware boundary: a crash must still answer the reader
                 logger.exception("the virtual authenticator failed on an NFCCTAP request")
             finally:
@@ -453,8 +479,27 @@ class VirtualCardConnection(CardConnection):
     def doTransmit(self, command, protocol=None) -> tuple[list[int], int, int]:
         if self._disposition is None:
             raise CardConnectionException("the card is not connected")
-        response = self.applet.apdu(bytes(command))
+        try:
+            response = self.applet.apdu(bytes(command))
+        except faults.KeyPulled:
+            self._pulled()
+            raise CardConnectionException(
+                "Failed to transmit with protocol T1. Card was removed.", SCARD_W_REMOVED_CARD
+            ) from None
+        except faults.KeyWedged:
+            time.sleep(faults.WEDGE_TIMEOUT)  # the reader waits for an answer that never comes
+            raise CardConnectionException(
+                "Failed to transmit with protocol T1. Transaction failed.", SCARD_E_NOT_TRANSACTED
+            ) from None
         return list(response[:-2]), response[-2], response[-1]
+
+    def _pulled(self) -> None:
+        """The card left the reader: the handle is dead, the key's state file released."""
+        self._ejected = True
+        self._disposition = None
+        if self._on_eject is not None:
+            on_eject, self._on_eject = self._on_eject, None
+            on_eject()
 
     def doControl(self, controlCode, command) -> list[int]:
         raise CardConnectionException("the virtual reader supports no control codes")
