@@ -172,7 +172,8 @@ def virtual_profiles() -> None:
 @click.argument("statefile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--profile", required=True, help="One of `station virtual profiles`.")
 @click.option("--fault", "fault", metavar="PLAN", default=None,
-              help="A fault plan kept with the key (see `station virtual fault`).")
+              help="A fault plan kept with the key in STATEFILE.fault: pull-after:N, pull-during:CMD, "
+                   "wedge-after:N, wedge-during:CMD, slow:SECONDS, no-touch[:SECONDS].")
 @fail_cleanly
 @_as_station_error
 def virtual_new(statefile: Path, profile: str, fault: str | None) -> None:
@@ -220,25 +221,6 @@ def virtual_serve(statefile: Path, vpcd: tuple[str, int], presence: str, fault: 
     host, port = vpcd
     serve_until_signalled(statefile, host=host, port=port, presence=presence, fault=fault, announce=click.echo)
 
-
-@virtual.command("fault")
-@click.argument("statefile", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("plan", required=False)
-@click.option("--clear", is_flag=True, help="Remove the key's fault plan.")
-@fail_cleanly
-@_as_station_error
-def virtual_fault(statefile: Path, plan: str | None, clear: bool) -> None:
-    """Show, set (PLAN) or --clear the fault plan kept for the key in STATEFILE; it applies
-    whenever the key is opened (virtual: device specs, serve)."""
-    from station.virtual.faults import FaultPlan, load_plan, save_plan
-    from station.virtual.state import StateFile
-
-    if clear and plan:
-        raise click.UsageError("give a PLAN or --clear, not both")
-    StateFile(statefile).load()  # a key must be there
-    if clear or plan:
-        save_plan(statefile, FaultPlan() if clear else FaultPlan.parse(plan))
-    click.echo(str(load_plan(statefile)) or "no faults")
 
 
 # ---------------------------------------------------------------- devices, fulfill, reset (provisioning)

@@ -16,7 +16,7 @@ from fido2.ctap import CtapDevice
 from .authenticator import VirtualAuthenticator
 from .device import VirtualCtapDevice
 from .errors import KeyBusy, VirtualError
-from .faults import FaultPlan, KeyPulled, KeyWedged, set_plan
+from .faults import FaultPlan, KeyPulled, KeyWedged, injector, set_plan
 from .presence import LatencyModel, PresencePolicy
 from .profiles import PROFILES, Profile
 
@@ -37,8 +37,14 @@ def open_virtual(
         raise VirtualError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
     plan = FaultPlan.parse(fault) if isinstance(fault, str) else fault
     authenticator = VirtualAuthenticator.open(Path(statefile), presence=presence, latency=latency)
-    if plan is not None:
-        set_plan(authenticator, plan)
+    try:
+        if plan is not None:
+            set_plan(authenticator, plan)
+        else:
+            injector(authenticator)  # a bad STATEFILE.fault is refused here, not mid-command
+    except VirtualError:
+        authenticator.close()
+        raise
     if transport == "hid":
         from .hid import open_hid
 

@@ -1,7 +1,7 @@
 """Fault plans: the hardware faults of a real key, on a virtual one, for tests and demos.
 
 A PLAN is a comma-separated list of faults (`station virtual serve --fault PLAN`,
-`station virtual new --fault PLAN`, `station virtual fault STATEFILE PLAN`, or from Python
+`station virtual new --fault PLAN`, the one-line file STATEFILE.fault, or from Python
 `set_plan(key, "pull-during:makeCredential")`):
 
     pull-after:N        the key answers N commands, then is pulled: the next command finds it gone
@@ -21,7 +21,7 @@ getKeyAgreement, setPIN, changePIN, getPinToken, getPinUvAuthTokenUsingPinWithPe
 u2fRegister / u2fAuthenticate. A pull or wedge fires once: when it fires it is struck from the
 plan kept for the key, so the key works again once re-inserted.
 
-A plan set with `set_plan(..., persist=True)` (the CLI's `new --fault` and `fault`) is kept in
+A plan set with `set_plan(..., persist=True)` (the CLI's `new --fault`) is kept in
 STATEFILE.fault beside the state file and applies whenever the key is opened, whichever entry
 point opens it (`virtual:STATEFILE` device specs of the station, `open_virtual`, `serve`).
 

@@ -116,18 +116,30 @@ def test_new_virtual_refuses_a_bad_plan_before_making_the_key(tmp_path):
     assert not (tmp_path / "k.json").exists()
 
 
-def test_cli_new_fault_and_clear(tmp_path):
+def test_cli_new_keeps_the_plan_and_refuses_a_bad_one(tmp_path):
     runner = CliRunner()
     path = tmp_path / "k.json"
     out = runner.invoke(cli, ["virtual", "new", str(path), "--profile", "crescendo-4000", "--fault", "no-touch:1"])
     assert out.exit_code == 0, out.output
-    assert runner.invoke(cli, ["virtual", "fault", str(path)]).output == "no-touch:1\n"
-    assert runner.invoke(cli, ["virtual", "fault", str(path), "wedge-during:getInfo"]).output == "wedge-during:getInfo\n"
-    assert runner.invoke(cli, ["virtual", "fault", str(path), "--clear"]).output == "no faults\n"
-    bad = runner.invoke(cli, ["virtual", "fault", str(path), "pull-during:nap"])
+    assert faults.plan_path(path).read_text() == "no-touch:1\n"
+    bad = runner.invoke(cli, ["virtual", "new", str(tmp_path / "b.json"), "--profile", "crescendo-4000",
+                              "--fault", "pull-during:nap"])
     assert bad.exit_code != 0 and "unknown command" in bad.output and "Traceback" not in bad.output
-    missing = runner.invoke(cli, ["virtual", "fault", str(tmp_path / "none.json"), "slow:1"])
-    assert missing.exit_code != 0 and "no virtual key" in missing.output
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_plan_file_edited_by_hand_applies_and_a_bad_one_is_refused(keyfile):
+    path = keyfile()
+    faults.plan_path(path).write_text("no-touch:0.2\n")
+    device = open_virtual(path, transport="direct")
+    with pytest.raises(CtapError) as raised:
+        Ctap2(device).selection()
+    assert raised.value.code == CtapError.ERR.USER_ACTION_TIMEOUT
+    device.close()
+    faults.plan_path(path).write_text("melt\n")
+    with pytest.raises(faults.VirtualError, match="unknown fault"):
+        open_virtual(path, transport="hid")
+    reopen(path).close()  # the refused opening released the key
 
 
 # ---------------------------------------------------------------- USB-HID (CtapHidDevice)

@@ -288,6 +288,41 @@ def test_card_power_cycle_through_pcscd_clears_pin_auth_blocked(served):
 
 
 @pytest.mark.pcscd
+def test_another_handle_unpowering_the_card_is_power_loss_for_the_first(served):
+    """pyscard's default disconnect (SCARD_UNPOWER_CARD) on a second handle powers the card down
+    under the first: the first handle's next transmit fails, the applet is no longer selected,
+    and the PIN token it held is gone (CTAP 2.1 §6.5.2.1: pinUvAuthToken lives until power loss)."""
+    from smartcard.Exceptions import CardConnectionException
+
+    _, reader = served()
+    first = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
+    ctap = Ctap2(first)
+    client_pin = ClientPin(ctap)
+    client_pin.set_pin(PIN)
+    token = client_pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)
+    other = reader.createConnection()
+    other.connect()
+    other.disconnect()  # pyscard's default: SCARD_UNPOWER_CARD
+    other.release()
+    with pytest.raises(CardConnectionException):
+        ctap.get_info()
+    raw = reader.createConnection()
+    raw.connect()
+    data, sw1, sw2 = raw.transmit(list(bytes.fromhex("80100000010400")))
+    assert (sw1, sw2) == (0x6D, 0x00)  # powered up again with no applet selected
+    raw.disconnect()
+    raw.release()
+    first.close(release=True)
+    again = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
+    from fido2.ctap2 import CredentialManagement
+
+    with pytest.raises(CtapError) as raised:
+        CredentialManagement(Ctap2(again), client_pin.protocol, token).get_metadata()
+    assert raised.value.code == CtapError.ERR.PIN_AUTH_INVALID  # the token died with the power
+    again.close(release=True)
+
+
+@pytest.mark.pcscd
 def test_keepalives_and_cancel_through_pcscd(served):
     served(presence="delay:5")
     device = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
