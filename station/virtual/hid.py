@@ -21,9 +21,14 @@ Fault plans (station.virtual.faults) act here: a pulled key's node disappears (q
 are still read, then OSError EIO on read and ENODEV on write, FileNotFoundError on open); a
 wedged key sends no report at all.
 
+CTAPHID_INIT during a transaction (CTAP 2.1 §11.2.9.1.3): on the busy channel it aborts the
+transaction (its answer is discarded) and resynchronises the channel; any other request on
+another channel meanwhile is answered ERR_CHANNEL_BUSY (§11.2.5).
+
 Assumptions (not fixed by the spec): the message timeout (ERR_MSG_TIMEOUT) is 0.5 s from the
-initialization packet; a CTAPHID_INIT is served even while another channel is busy (it starts
-no transaction).
+initialization packet; a CTAPHID_INIT from another channel (or the broadcast one) is served even
+while a channel is busy: it starts no transaction, as OpenSK's CTAPHID (src/ctap/hid/mod.rs)
+answers INIT before any busy check.
 """
 
 from __future__ import annotations
