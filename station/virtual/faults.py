@@ -221,6 +221,8 @@ class FaultInjector:
         cancel: threading.Event | None = None,
     ) -> bytes:
         """`process(request, keepalive=, cancel=)` under the plan; raises KeyPulled / KeyWedged."""
+        if not self.plan and self.fault is None:  # no faults: nothing to count or decode
+            return process(request, keepalive=keepalive, cancel=cancel)
         self._before()
         if self.plan.slow:
             wait_with_keepalive(self.plan.slow, STATUS.PROCESSING, keepalive, cancel)

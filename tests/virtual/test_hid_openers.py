@@ -107,17 +107,8 @@ def test_a_busy_channel_answers_channel_busy_to_another_opener(transport_key):
 
 # ---------------------------------------------------------------- the bus
 @pytest.fixture
-def bus(tmp_path):
-    hub = VirtualHidBus()
-
-    def plug(profile: str = "yubikey-5-nfc-5.7") -> str:
-        path = tmp_path / f"{profile}-{len(hub.list_descriptors())}.json"
-        return hub.plug(VirtualAuthenticator.create(path, profile))
-
-    hub.plug_new = plug  # type: ignore[attr-defined]
-    with hub.installed():
-        yield hub
-    hub.close()
+def bus(virtual_hid_bus):
+    return virtual_hid_bus
 
 
 def test_python_fido2_enumerates_the_bus_and_every_open_is_a_new_opener(bus):
@@ -149,6 +140,14 @@ def test_unplugging_from_the_bus_is_eio_and_the_path_is_gone(bus):
     with pytest.raises(FileNotFoundError):
         bus.open_connection(HidDescriptor(path, 0, 0, 64, 64, None, None))
     device.close()
+
+
+def test_a_fault_plan_on_a_key_of_the_bus(bus):
+    path = bus.plug_new(fault="pull-after:1")
+    ctap = Ctap2(fido2.hid.open_device(path))  # command 1
+    with pytest.raises(OSError):
+        ctap.get_info()
+    assert path not in [d.path for d in bus.list_descriptors()]
 
 
 def test_a_card_without_usb_cannot_go_on_the_bus(tmp_path):
