@@ -209,7 +209,8 @@ class FaultInjector:
         self.fault: type[Exception] | None = None  # KeyPulled / KeyWedged once fired
         self._on_fired = on_fired
         self._lock = threading.Lock()
-        key.presence = plan.presence(key.presence)
+        untouched = key.__dict__.setdefault("_presence_without_faults", key.presence)
+        key.presence = plan.presence(untouched)
 
     def run(
         self,

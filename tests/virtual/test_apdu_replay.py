@@ -27,6 +27,7 @@ from fido2.hid import CTAPHID
 
 from station.virtual.apdu import FidoApplet
 from station.virtual.device import VirtualCtapDevice
+from station.virtual.profiles import PROFILES
 
 SELECT_FIDO_LIBFIDO2 = bytes.fromhex("00A4040008A0000006472F000100")
 LIBFIDO2_CHUNK = 240
@@ -201,3 +202,45 @@ def test_python_fido2_extended_apdu_gets_the_whole_reply(card):
     expected = direct.call(CTAPHID.CBOR, bytes([Ctap2.CMD.GET_INFO]))
     reply = applet.apdu(bytes.fromhex("80108000000001") + bytes([Ctap2.CMD.GET_INFO]))
     assert reply == expected + b"\x90\x00" and len(expected) > 256
+
+
+CARD_PROFILES = [name for name, profile in PROFILES.items() if profile.pcsc]
+
+
+@pytest.mark.parametrize("profile", CARD_PROFILES)
+def test_libfido2_1_16_sees_ctap2_on_every_card_profile(transport_key, profile):
+    """What `fido2-token -I` and `fido2-cred -M` do over PC/SC with libfido2 1.16: SELECT,
+    getInfo, makeCredential (rk, a ~260-byte request), getAssertion — every reply whole through
+    80 C0 GET RESPONSE and equal to the CTAP answer the key gives, so libfido2 keeps CTAP2 (no
+    U2F fallback, no FIDO_ERR_RX_NOT_CBOR)."""
+    key = transport_key(profile)
+    applet, direct = FidoApplet(key), VirtualCtapDevice(key)
+    wire = Wire(applet)
+    select = wire.send(SELECT_FIDO_LIBFIDO2)
+    assert select == (b"U2F_V2" if key.profile.u2f else b"FIDO_2_0") + b"\x90\x00"
+
+    def ctap(request: bytes) -> bytes:
+        reply = libfido2_transceive(wire, libfido2_command(0x80, 0x10, 0x00, request), cbor_command=True)
+        assert reply[-2:] == b"\x90\x00"
+        return reply[:-2]
+
+    get_info = bytes([Ctap2.CMD.GET_INFO])
+    info = ctap(get_info)
+    assert info == direct.call(CTAPHID.CBOR, get_info) and info[0] == 0
+    assert cbor.decode(info[1:])[1] == list(key.profile.versions)
+    user_id = os.urandom(32)
+    params = {
+        1: os.urandom(32),
+        2: {"id": "example.com", "name": "Example"},
+        3: {"id": user_id, "name": "alice@example.com", "displayName": "Alice Example"},
+        4: [{"type": "public-key", "alg": -7}, {"type": "public-key", "alg": -8}],
+        5: [{"type": "public-key", "id": os.urandom(64)}],
+        7: {"rk": True},
+    }
+    made = ctap(bytes([Ctap2.CMD.MAKE_CREDENTIAL]) + cbor.encode(params))
+    assert made[0] == 0
+    attestation = cbor.decode(made[1:])
+    assert attestation[1] in ("packed", "none") and len(made) > 256  # needed 61xx + 80 C0
+    asserted = ctap(bytes([Ctap2.CMD.GET_ASSERTION]) + cbor.encode({1: "example.com", 2: os.urandom(32)}))
+    assert asserted[0] == 0 and cbor.decode(asserted[1:])[4]["id"] == user_id  # no UV: id only (§6.2.2)
+    assert any(apdu[:2] == b"\x80\xc0" for apdu, _ in wire.log)

@@ -110,6 +110,14 @@ def test_a_persisted_plan_is_kept_beside_the_state_file_and_struck_when_it_fires
     key.close()
 
 
+def test_a_new_plan_replaces_the_old_one_and_gives_the_touch_back(transport_key):
+    key = transport_key()
+    faults.set_plan(key, "no-touch:5")
+    assert key.presence.mode == "never"
+    faults.set_plan(key, "slow:0.01")
+    assert key.presence.mode == "approve"
+
+
 def test_new_virtual_refuses_a_bad_plan_before_making_the_key(tmp_path):
     with pytest.raises(faults.VirtualError):
         new_virtual(tmp_path / "k.json", "yubikey-5-nfc-5.7", fault="pull-after")
@@ -300,10 +308,10 @@ def served_fault(pcscd, tmp_path):
     """Factory: serve a fresh key with a fault plan into TEST_READER; stopped at teardown."""
     processes: list[subprocess.Popen] = []
 
-    def make(plan: str, profile: str = "yubikey-5-nfc-5.7"):
+    def make(plan: str, profile: str = "yubikey-5-nfc-5.7", *, on_command_line: bool = False):
         statefile = tmp_path / f"{profile}.json"
-        new_virtual(statefile, profile, fault=plan).close()
-        process = start_serve(statefile, processes)
+        new_virtual(statefile, profile, fault=None if on_command_line else plan).close()
+        process = start_serve(statefile, processes, fault=plan if on_command_line else None)
         wait_for_card()
         return statefile, process
 
@@ -332,13 +340,14 @@ def test_pcscd_pull_during_make_credential_is_card_connection_exception(served_f
 
 
 @pytest.mark.pcscd
-def test_pcscd_pull_after_n(served_fault):
-    _, process = served_fault("pull-after:2")
+def test_pcscd_pull_after_n_given_to_serve(served_fault):
+    statefile, process = served_fault("pull-after:2", on_command_line=True)
     device = next(iter(CtapPcscDevice.list_devices(TEST_READER)))  # command 1: the probe
     ctap = Ctap2(device)  # command 2
     with pytest.raises(CardConnectionException):
         ctap.get_info()
     assert process.wait(timeout=10) == 0
+    assert not faults.plan_path(statefile).exists()  # --fault is for this run only
 
 
 @pytest.mark.pcscd
