@@ -129,6 +129,23 @@ def test_power_off_and_reset_are_power_loss(linked):
     assert len(cycles) == 2
 
 
+@pytest.mark.parametrize("code", [CTRL.POWER_OFF, CTRL.RESET])
+def test_power_loss_from_vpcd_restarts_the_reset_window(transport_key, code):
+    """authenticatorReset is refused long after power-up and allowed again right after the
+    power-up that follows pcscd powering the card down (or resetting it)."""
+    key = transport_key()
+    applet = FidoApplet(key)
+    reset = bytes.fromhex("80100000010700")
+    answer(applet, SELECT_FIDO)
+    key.powered_up -= 3600  # an hour after power-up
+    assert answer(applet, reset) == bytes([CtapError.ERR.NOT_ALLOWED]) + b"\x90\x00"
+    answer(applet, bytes([code]))
+    answer(applet, bytes([CTRL.POWER_ON]))
+    assert answer(applet, reset) == b"\x6d\x00"  # the FIDO applet is no longer selected
+    answer(applet, SELECT_FIDO)
+    assert answer(applet, reset) == b"\x00\x90\x00"
+
+
 def test_unknown_control_codes_are_ignored(linked):
     vpcd, key, cycles, _, _ = linked
     vpcd.send(bytes([3]))
