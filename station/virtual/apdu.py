@@ -28,8 +28,8 @@
   failed; U2F's own status words (u2f.py) otherwise.
 
 The clients' framing, which the card must take as is (tests/virtual/test_apdu_replay.py replays it):
-- libfido2 (src/nfc.c, src/iso7816.c, src/pcsc.c; 1.13 to 1.16): builds every command as an
-  extended-format APDU internally (CLA INS P1 00 | 00 Lc1 Lc2 | data | Le1 Le2), then strips the
+- libfido2 (src/nfc.c, src/iso7816.c, src/pcsc.c; PC/SC since 1.13): builds every command as
+  an extended-format APDU internally (CLA INS P1 00 | 00 Lc1 Lc2 | data | Le1 Le2), then strips the
   3-byte Lc and the Le and sends SHORT APDUs only: blocks of 240 bytes with CLA | 0x10, each
   `CLA|10 INS P1 P2 F0 <240 bytes> 00` and answered by exactly 9000, then the last block
   `CLA INS P1 P2 Lc <data> 00`; SELECT is `00 A4 04 00 08 <AID> 00`, NFCCTAP_MSG is CLA 80 INS 10

@@ -206,6 +206,34 @@ def test_hid_wedge_sends_no_report_not_even_for_init(keyfile):
     assert isinstance(outcome[0], OSError)
 
 
+def test_hid_wedge_during_make_credential_stores_it_and_never_answers(keyfile):
+    path = keyfile()
+    device = open_virtual(path, transport="hid", fault="wedge-during:makeCredential")
+    ctap = Ctap2(device)
+    outcome: list[BaseException] = []
+
+    def call():
+        try:
+            make_credential(ctap)
+        except BaseException as exc:  # noqa: BLE001 — the test inspects it
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    node = virtual_node(device)
+    deadline = time.monotonic() + 5
+    while not node.wedged and time.monotonic() < deadline:
+        time.sleep(0.01)
+    caller.join(0.3)
+    assert node.wedged and caller.is_alive()
+    device.close()
+    caller.join(5)
+    assert isinstance(outcome[0], OSError)
+    key = reopen(path)
+    assert len(key.state.credentials) == 1  # written before the key stopped answering
+    key.close()
+
+
 def test_hid_slow_adds_latency_with_processing_keepalives(keyfile):
     device = open_virtual(keyfile(), transport="hid", fault="slow:0.3")
     ctap = Ctap2(device)
@@ -372,12 +400,15 @@ def test_pcscd_wedged_card_never_answers_until_it_leaves(served_fault):
 
 
 @pytest.mark.pcscd
-def test_pcscd_no_touch_is_user_action_timeout(served_fault):
-    served_fault("no-touch:0.5")
+def test_pcscd_no_touch_is_user_action_timeout_and_slow_sends_keepalives(served_fault):
+    served_fault("no-touch:0.5,slow:0.3", on_command_line=True)
     device = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
+    statuses: list[STATUS] = []
+    started = time.monotonic()
     with pytest.raises(CtapError) as raised:
-        Ctap2(device).selection()
+        Ctap2(device).selection(on_keepalive=statuses.append)
     assert raised.value.code == CtapError.ERR.USER_ACTION_TIMEOUT
+    assert time.monotonic() - started >= 0.8 and statuses[:2] == [STATUS.PROCESSING, STATUS.UPNEEDED]
     device.close(release=True)
 
 
