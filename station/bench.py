@@ -174,7 +174,9 @@ def _station_wall(slots: int, items: int, latency) -> float:
                 options = {"rp": {"id": "acme.okta.com", "name": "Acme"},
                            "user": {"id": "dXNlcg", "name": "u", "displayName": "U"},
                            "challenge": "Y2hhbGxlbmdlY2hhbGxlbmdl", "pubKeyCredParams": [{"type": "public-key", "alg": -7}]}
-                items_ = [seal_item(transport_jwks=jwks, options=[options, options]) for _ in range(items)]
+                # two accounts: one item never asks twice for the same (rp.id, user.id) (issue 17)
+                second = dict(options, user={"id": "dXNlcjI", "name": "u2", "displayName": "U2"})
+                items_ = [seal_item(transport_jwks=jwks, options=[options, second]) for _ in range(items)]
                 customer.post_shipment(shipment_body(items_))
                 customer.close()
                 opts = RunOptions(service=service.url, token=store.create_token(Role.STATION, "bench"),
