@@ -24,10 +24,10 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import field_validator, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from station.errors import StationError
 from station.fulfillment.models import MAX_LEASE_SECONDS
@@ -102,7 +102,8 @@ class ServeSettings(_Settings):
     port: int = Field(8080, ge=1, le=65535)
     retention_seconds: float = Field(DEFAULT_RETENTION_SECONDS, gt=0, description="How long read responses are kept.")
     # the door under abuse (station.fulfillment.door.DoorLimits)
-    trusted_proxy: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed.")
+    trusted_proxy: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs whose X-Forwarded-For is believed (env: comma-separated).")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body (413 above).")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="Largest request head (400 above).")
     head_timeout: float = Field(10.0, gt=0, description="Seconds for a request line and headers to arrive.")
@@ -115,7 +116,10 @@ class ServeSettings(_Settings):
     @field_validator("trusted_proxy", mode="before")
     @classmethod
     def _one_or_many(cls, value):
-        return [value] if isinstance(value, str) else value
+        """A list (TOML, options) or one string, comma-separated (STATION_SERVE_TRUSTED_PROXY)."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
 
 _TABLES: dict[str, type[_Settings]] = {"run": RunSettings, "serve": ServeSettings}

@@ -349,3 +349,24 @@ def test_the_door_probe_script_passes_against_a_real_station_serve():
     from .conftest import load_script
 
     assert load_script("door_probe").main(["--connections", "10", "--json"]) == 0
+
+
+def test_serve_refuses_a_bad_trusted_proxy_in_one_line(tmp_path, keystore):
+    from click.testing import CliRunner
+
+    from station.cli import cli
+
+    jwks = tmp_path / "published.jwks"
+    jwks.write_text(json.dumps(keystore.export_public()))
+    result = CliRunner().invoke(cli, ["serve", "--db", f"sqlite:///{tmp_path}/s.db", "--jwks", str(jwks),
+                                      "--trusted-proxy", "not-a-network"], env={"STATION_CONFIG": "/dev/null"})
+    assert result.exit_code == 1 and result.output.startswith("usage: --trusted-proxy")
+    assert result.output.count("\n") == 1
+
+
+def test_trusted_proxies_come_from_the_environment_comma_separated(monkeypatch):
+    from station.config import load_serve_settings
+
+    monkeypatch.setenv("STATION_SERVE_TRUSTED_PROXY", "10.0.0.0/8, 192.168.1.0/24")
+    assert load_serve_settings({}, None).trusted_proxy == ["10.0.0.0/8", "192.168.1.0/24"]
+    assert load_serve_settings({"trusted_proxy": ("127.0.0.1/32",)}, None).trusted_proxy == ["127.0.0.1/32"]
