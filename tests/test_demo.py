@@ -14,7 +14,7 @@ from station.demo import DemoOptions, run_demo
 def test_the_demo_orders_programs_verifies_and_signs_in_with_every_key():
     result = run_demo(DemoOptions(keys=4))
     assert result.ok
-    assert {r.idp for r in result.rows} == {"Okta", "Entra ID"}
+    assert [r.idp for r in result.rows] == ["Okta", "Entra ID", "PingOne", "Okta"]
     for row in result.rows:
         assert row.state == "signed in" and row.verified and row.signed_in and not row.error
         assert row.serial.isdigit() and row.model.startswith("YubiKey 5")

@@ -98,18 +98,21 @@ def seal_item(
     return SealedItem(pin_jwe, cred_jwes, response_key, pin_request["requestId"], cred_ids, list(options))
 
 
-def shipment_body(items: list[SealedItem], *, email: str = "jane.doe@example.com") -> dict:
-    """A `POST /v1/fpr/shipments` body (YubiEnterprise shape) with one shipment item per key."""
+def shipment_body(items: list[SealedItem | dict], *, email: str = "jane.doe@example.com",
+                  recipient: dict | None = None, address: dict | None = None) -> dict:
+    """A `POST /v1/fpr/shipments` body (YubiEnterprise shape) with one shipment item per key
+    (the service takes exactly one: PROTOCOL.md §4). An item is a SealedItem or its
+    `product_customizations` entry; `recipient` and `address` default to an example person."""
     return {
         "delivery_type": 1,
-        "recipient": {
+        "recipient": recipient or {
             "recipient_company": "Example Corp",
             "recipient_email": email,
             "recipient_firstname": "Jane",
             "recipient_lastname": "Doe",
             "recipient_telephone": "+1 555 0100",
         },
-        "mailing_address": {
+        "mailing_address": address or {
             "street_line1": "1 Example Way",
             "street_line2": "",
             "city": "Springfield",
@@ -123,7 +126,7 @@ def shipment_body(items: list[SealedItem], *, email: str = "jane.doe@example.com
                 "inventory_product_id": 18,
                 "product_quantity": 1,
                 "customization_id": "CUST01",
-                "product_customizations": [item.customization],
+                "product_customizations": [item.customization if isinstance(item, SealedItem) else item],
             }
             for item in items
         ],
@@ -149,11 +152,28 @@ class ShipmentState(IntEnum):
 
     RECEIVED = 100
     IN_FULFILLMENT = 101
+    PROGRAMMED = 102
     FULFILLED = 103
+    DELIVERED = 104
     PROCESSING_ERROR = 8
 
 
-FINISHED_STATES = (ShipmentState.FULFILLED, ShipmentState.PROCESSING_ERROR)
+#: The responses are readable: programmed (102), shipped (103), delivered (104).
+DONE_STATES = frozenset({102, 103, 104})
+#: The shipment will not bring responses: incomplete (1, 6), undeliverable (7), processing
+#: error (8), denied party (9), shipping error (99), lost (105), delivery exception (106).
+ERROR_STATES = frozenset({1, 6, 7, 8, 9, 99, 105, 106})
+FINISHED_STATES = DONE_STATES | ERROR_STATES
+
+
+def shipment_done(state: int) -> bool:
+    """A customer reads the responses in this state (PROTOCOL.md §4)."""
+    return state in DONE_STATES
+
+
+def shipment_failed(state: int) -> bool:
+    """A customer stops waiting in this state: it will not bring responses."""
+    return state in ERROR_STATES
 
 
 class ShipmentTimeout(StationError):
@@ -182,15 +202,16 @@ def wait_shipment(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict:
-    """Poll `GET /v1/fpr/shipments/{id}` until its state is 103 (fulfilled) or 8 (processing
-    error: some items carry `error_code`), and return that shipment. Raises ShipmentTimeout."""
+    """Poll `GET /v1/fpr/shipments/{id}` until its responses are readable (`shipment_done`) or it
+    is in an error state (`shipment_failed`; a failed item carries `error_code`), and return that
+    shipment. Raises ShipmentTimeout."""
     deadline = clock() + timeout
     while True:
         shipment = as_json(port.get_shipment(shipment_id))
         if on_poll:
             on_poll(shipment)
         state = shipment["shipment_state"]["shipment_state_id"]
-        if state in FINISHED_STATES:
+        if shipment_done(state) or shipment_failed(state):
             return shipment
         if clock() >= deadline:
             raise ShipmentTimeout(f"shipment {shipment_id} still in state {state} after {timeout:g} s")

@@ -1,0 +1,169 @@
+"""An HTTP client of Microsoft Graph's FIDO2 provisioning (beta) with an app-only token.
+
+- Token: OAuth2 client credentials from `{login}/{tenant}/oauth2/v2.0/token` (form `client_id`,
+  `client_secret`, `scope=https://graph.microsoft.com/.default`, `grant_type=client_credentials`),
+  cached until shortly before `expires_in`, fetched again after a 401.
+- `creation_options(user, minutes)`: `GET /beta/users/{id}/authentication/fido2Methods/
+  creationOptions(challengeTimeoutInMinutes=N)`, N in 5..43200 (v1.0 fixes 5 minutes: too short
+  for a key that has to be made and shipped).
+- `register(user, display_name, credential)`: `POST /beta/users/{id}/authentication/fido2Methods`
+  with exactly `{displayName, publicKeyCredential: {id, response: {clientDataJSON,
+  attestationObject}, clientExtensionResults}}`, whatever else the RegistrationResponseJSON holds.
+- `list_methods`, `delete_method`: the user's fido2Methods.
+
+Graph's error object `{"error": {"code", "message", "innerError"}}` becomes `GraphError`; 429
+becomes `GraphThrottled` once the Retry-After waits allowed are used; 405 (an administrator
+provisioning their own account: self-service is not supported) is `SelfServiceNotSupported`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from station.customer.http import ProviderError, ProviderHttp, Throttled, TokenCache, TokenRefused, json_or_none
+from station.customer.settings import GraphSettings
+
+SCOPE = "https://graph.microsoft.com/.default"
+MAX_DISPLAY_NAME = 30
+MIN_TIMEOUT, MAX_TIMEOUT = 5, 43200
+
+
+class GraphError(ProviderError):
+    code = "graph_error"
+
+
+class GraphThrottled(Throttled):
+    code = "graph_throttled"
+
+
+class SelfServiceNotSupported(GraphError):
+    """405: the signed-in administrator targeted their own account; Graph's FIDO2 provisioning
+    does not do self-service. Use another administrator, or app-only credentials."""
+
+    code = "graph_self_service"
+
+
+def display_name(serial: str | None, model: str = "Security key") -> str:
+    """The method's displayName: the model and the key's serial, at most 30 characters (Graph's
+    limit in practice), the serial always kept whole."""
+    if not serial:
+        return model[:MAX_DISPLAY_NAME]
+    room = MAX_DISPLAY_NAME - len(serial) - 1
+    return f"{model[:room].rstrip()} {serial}" if room > 0 else serial[-MAX_DISPLAY_NAME:]
+
+
+def fido2_method_body(name: str, credential: dict) -> dict:
+    """The documented members of a fido2Methods create, taken from a RegistrationResponseJSON."""
+    if len(name) > MAX_DISPLAY_NAME:
+        raise ValueError(f"displayName is at most {MAX_DISPLAY_NAME} characters")
+    response = credential["response"]
+    return {
+        "displayName": name,
+        "publicKeyCredential": {
+            "id": credential["id"],
+            "response": {"clientDataJSON": response["clientDataJSON"], "attestationObject": response["attestationObject"]},
+            "clientExtensionResults": dict(credential.get("clientExtensionResults") or {}),
+        },
+    }
+
+
+def _graph_error(response: httpx.Response, what: str) -> GraphError:
+    body = json_or_none(response)
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return GraphError(f"Graph answered {what} with HTTP {response.status_code} and no error object",
+                          status=response.status_code)
+    request_id = (error.get("innerError") or {}).get("request-id")
+    message = f"Graph refused {what}: {error.get('code')}: {error.get('message', '')}"
+    if request_id:
+        message += f" (request-id {request_id})"
+    cls = SelfServiceNotSupported if response.status_code == 405 else GraphError
+    return cls(message, status=response.status_code, provider_code=error.get("code"))
+
+
+class GraphClient:
+    """Graph's FIDO2 provisioning for one tenant and one app registration."""
+
+    def __init__(self, settings: GraphSettings, *, transport: httpx.BaseTransport | None = None, sleep=None) -> None:
+        missing = [n for n in ("tenant_id", "client_id") if getattr(settings, n) is None]
+        if missing:
+            from station.customer.settings import CustomerConfigError
+
+            raise CustomerConfigError(f"missing graph setting {', '.join(missing)} "
+                                      f"(STATION_GRAPH_{missing[0].upper()} or [graph] {missing[0]})")
+        self.settings = settings
+        secret = settings.secret()
+        self._login = httpx.Client(base_url=settings.login_url, timeout=settings.timeout, transport=transport)
+
+        def fetch() -> tuple[str, float]:
+            try:
+                answer = self._login.post(f"/{settings.tenant_id}/oauth2/v2.0/token", data={
+                    "client_id": settings.client_id, "client_secret": secret, "scope": SCOPE,
+                    "grant_type": "client_credentials"})
+            except httpx.HTTPError as exc:
+                raise TokenRefused(f"the Microsoft identity platform at {settings.login_url} cannot be reached "
+                                   f"({exc.__class__.__name__})", code="idp_unreachable") from None
+            body = json_or_none(answer)
+            if answer.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
+                detail = body.get("error_description", "") if isinstance(body, dict) else ""
+                raise TokenRefused(f"the Microsoft identity platform refused the client credentials "
+                                   f"(HTTP {answer.status_code}): {detail.splitlines()[0] if detail else 'no detail'}",
+                                   status=answer.status_code,
+                                   provider_code=body.get("error") if isinstance(body, dict) else None)
+            return body["access_token"], float(body.get("expires_in", 3599))
+
+        self.tokens = TokenCache(fetch)
+        extra = {"sleep": sleep} if sleep else {}
+        self._http = ProviderHttp(
+            settings.url, name="Graph", timeout=settings.timeout, max_retries=settings.max_retries,
+            max_retry_wait=settings.max_retry_wait, tokens=self.tokens, transport=transport,
+            throttled=lambda r, wait: GraphThrottled(
+                f"Graph is throttling this app (429); retry after {wait:g} s", status=429,
+                provider_code="TooManyRequests", retry_after=wait),
+            **extra,
+        )
+
+    def __repr__(self) -> str:
+        return f"GraphClient({self.settings.url!r}, tenant {self.settings.tenant_id!r})"
+
+    def close(self) -> None:
+        self._http.close()
+        self._login.close()
+
+    def __enter__(self) -> GraphClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def waits(self) -> list[float]:
+        return self._http.waits
+
+    def _call(self, method: str, path: str, what: str, *, expect: int = 200, **kw) -> Any:
+        response = self._http.call(method, "/beta" + path, **kw)
+        if response.status_code != expect:
+            raise _graph_error(response, what)
+        return None if expect == 204 else response.json()
+
+    def creation_options(self, user_id: str, challenge_timeout_minutes: int | None = None) -> dict:
+        """`webauthnCredentialCreationOptions` `{challengeTimeoutDateTime, publicKey}` for the user."""
+        minutes = challenge_timeout_minutes or self.settings.challenge_timeout_minutes
+        if not MIN_TIMEOUT <= minutes <= MAX_TIMEOUT:
+            raise ValueError(f"challengeTimeoutInMinutes is {MIN_TIMEOUT} to {MAX_TIMEOUT}")
+        return self._call("GET", f"/users/{user_id}/authentication/fido2Methods/"
+                          f"creationOptions(challengeTimeoutInMinutes={minutes})", "creationOptions")
+
+    def register(self, user_id: str, name: str, credential: dict) -> dict:
+        """Create the fido2AuthenticationMethod from a RegistrationResponseJSON → the method."""
+        return self._call("POST", f"/users/{user_id}/authentication/fido2Methods", "the fido2Methods create",
+                          expect=201, json=fido2_method_body(name, credential))
+
+    def list_methods(self, user_id: str) -> list[dict]:
+        return self._call("GET", f"/users/{user_id}/authentication/fido2Methods", "the fido2Methods list")["value"]
+
+    def delete_method(self, user_id: str, method_id: str) -> None:
+        self._call("DELETE", f"/users/{user_id}/authentication/fido2Methods/{method_id}", "the fido2Methods delete",
+                   expect=204)
