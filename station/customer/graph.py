@@ -115,7 +115,7 @@ class GraphClient:
             return body["access_token"], float(body.get("expires_in", 3599))
 
         self.tokens = TokenCache(fetch)
-        extra = {"sleep": sleep} if sleep else {}
+        extra = {"sleep": sleep} if sleep is not None else {}
         self._http = ProviderHttp(
             settings.url, name="Graph", timeout=settings.timeout, max_retries=settings.max_retries,
             max_retry_wait=settings.max_retry_wait, tokens=self.tokens, transport=transport,

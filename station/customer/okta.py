@@ -78,7 +78,7 @@ class OktaClient:
     def __init__(self, settings: OktaSettings, *, transport: httpx.BaseTransport | None = None, sleep=None) -> None:
         self.settings = settings
         token = settings.secret()
-        extra = {"sleep": sleep} if sleep else {}
+        extra = {"sleep": sleep} if sleep is not None else {}
         self._http = ProviderHttp(
             settings.url, name="Okta", timeout=settings.timeout, max_retries=settings.max_retries,
             max_retry_wait=settings.max_retry_wait, transport=transport,

@@ -150,7 +150,7 @@ class PingOneClient:
             return body["access_token"], float(body.get("expires_in", 3600))
 
         self.tokens = TokenCache(fetch)
-        extra = {"sleep": sleep} if sleep else {}
+        extra = {"sleep": sleep} if sleep is not None else {}
         self._http = ProviderHttp(
             settings.api_base, name="PingOne", timeout=settings.timeout, max_retries=settings.max_retries,
             max_retry_wait=settings.max_retry_wait, tokens=self.tokens, transport=transport,
