@@ -215,7 +215,7 @@ class RelyingParty:
         Raises RegistrationRefused."""
         try:
             response = RegistrationResponse.from_dict(registration)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # IndexError: python-fido2 on empty CBOR
             raise RegistrationRefused(f"the credential is not a WebAuthn registration ({exc})") from None
         fmt = response.response.attestation_object.fmt
         if formats is not None and fmt not in formats:
@@ -228,7 +228,7 @@ class RelyingParty:
             auth_data = server.register_complete(state, response)
         except UntrustedAttestation:
             raise RegistrationRefused("the attestation does not chain to a trusted root") from None
-        except ValueError as exc:
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise RegistrationRefused(f"the registration does not verify: {exc}") from None
         data = auth_data.credential_data
         with self._lock:
@@ -270,7 +270,7 @@ class RelyingParty:
         try:
             parsed = AuthenticationResponse.from_dict(response)
             matched = server.authenticate_complete(state, [c.data for c in creds], parsed)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise RegistrationRefused(f"the assertion does not verify: {exc}") from None
         credential = next(c for c in creds if c.credential_id == matched.credential_id)
         counter = parsed.response.authenticator_data.counter

@@ -182,14 +182,19 @@ class GraphStandin:
 
     def register(self, user: GraphUser, body: dict) -> dict:
         display_name, credential = _fido2_body(body)
-        client_data = CollectedClientData(b64u_decode(credential["response"]["clientDataJSON"]))
-        self._check_challenge(client_data.challenge, user.id)
+        try:
+            client_data = CollectedClientData(b64u_decode(credential["response"]["clientDataJSON"]))
+            challenge = client_data.challenge
+        except (ValueError, KeyError, TypeError):
+            raise GraphRefusal(400, "invalidRequest", "publicKeyCredential.response.clientDataJSON is not "
+                               "WebAuthn client data.") from None
+        self._check_challenge(challenge, user.id)
         registration = {"id": credential["id"], "rawId": credential["id"], "type": "public-key",
                         "response": {k: v for k, v in credential["response"].items() if not k.startswith("@")},
                         "clientExtensionResults": {k: v for k, v in credential.get("clientExtensionResults", {}).items()
                                                    if not k.startswith("@")}}
         try:
-            stored = self.relying_party.register(user.id, registration, challenge=client_data.challenge,
+            stored = self.relying_party.register(user.id, registration, challenge=challenge,
                                                  formats=("packed", "none"))
         except RegistrationRefused as exc:
             raise GraphRefusal(400, "invalidRequest", str(exc)) from None

@@ -254,6 +254,7 @@ class OktaStandin:
                               [f"enrollmentRpIds: {rp} is not a relying party of this org" for rp in bad])
         try:
             transport = JWK(**body.yubicoTransportKeyJWK.model_dump(exclude_none=True))
+            transport.get_op_key("wrapKey")  # the point must be on P-384
         except (JWException, ValueError, TypeError):
             raise OktaRefusal(400, "E0000001", "Api validation failed: yubicoTransportKeyJWK",
                               ["yubicoTransportKeyJWK: not a valid P-384 public key"]) from None

@@ -200,3 +200,14 @@ def test_the_client_secret_never_shows(graph):
     secret = graph.settings.secret()
     assert secret not in repr(graph.client) and secret not in repr(graph.settings)
     assert secret not in repr(graph.client.tokens)
+
+
+@pytest.mark.parametrize("attestation_object", [b"", b"\xa0", b"\xff" * 40, b"\xa3cfmtdnonegattStmt\xa0hauthData\x41\x00"])
+def test_garbage_attestation_objects_are_400_never_500(graph, factory, attestation_object):
+    from fido2.utils import websafe_encode
+
+    credential, _, _ = registration(graph, factory)
+    body = fido2_method_body("Key", credential)
+    body["publicKeyCredential"]["response"]["attestationObject"] = websafe_encode(attestation_object)
+    answer = raw(graph, "POST", "fido2Methods", json=body)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalidRequest"
