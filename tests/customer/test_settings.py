@@ -1,0 +1,92 @@
+"""The identity-provider clients' configuration: overrides > environment > TOML > defaults;
+secrets from the environment or a file, never from the TOML itself, never in a repr."""
+
+from __future__ import annotations
+
+import pytest
+
+from station.customer.settings import CustomerConfigError, load_provider_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("STATION_OKTA_", "STATION_GRAPH_", "STATION_PINGONE_", "STATION_CUSTOMER_")):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "customer.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_public_endpoints():
+    graph = load_provider_settings("graph", {}, None)
+    assert graph.url == "https://graph.microsoft.com" and graph.login_url == "https://login.microsoftonline.com"
+    ping = load_provider_settings("pingone", {"region": "eu"}, None)
+    assert ping.api_base == "https://api.pingone.eu" and ping.auth_base == "https://auth.pingone.eu"
+
+
+def test_toml_then_environment_then_overrides(tmp_path, monkeypatch):
+    (tmp_path / "graph.secret").write_text("s3cret-from-file\n")
+    path = write(tmp_path, '[graph]\ntenant_id = "t-file"\nclient_id = "c-file"\nclient_secret_file = "graph.secret"\n'
+                           'url = "https://graph.file"\n')
+    settings = load_provider_settings("graph", {}, path)
+    assert (settings.tenant_id, settings.url) == ("t-file", "https://graph.file")
+    assert settings.secret() == "s3cret-from-file"  # relative to the file's folder, newline removed
+    monkeypatch.setenv("STATION_GRAPH_TENANT_ID", "t-env")
+    monkeypatch.setenv("STATION_GRAPH_CLIENT_SECRET", "s3cret-from-env")
+    settings = load_provider_settings("graph", {"url": "http://127.0.0.1:9"}, path)
+    assert (settings.tenant_id, settings.url, settings.secret()) == ("t-env", "http://127.0.0.1:9", "s3cret-from-env")
+    assert "s3cret" not in repr(settings)
+
+
+def test_the_config_file_from_the_environment(tmp_path, monkeypatch):
+    path = write(tmp_path, '[okta]\nurl = "https://acme.okta.com"\nrp_ids = ["acme.okta.com", "login.acme.com"]\n')
+    monkeypatch.setenv("STATION_CUSTOMER_CONFIG", str(path))
+    assert load_provider_settings("okta").enrollment_rp_ids == ["acme.okta.com", "login.acme.com"]
+
+
+def test_a_secret_written_in_the_toml_is_refused(tmp_path):
+    path = write(tmp_path, '[okta]\napi_token = "00abc"\n')
+    with pytest.raises(CustomerConfigError, match="must not be written in the file") as refused:
+        load_provider_settings("okta", {}, path)
+    assert "00abc" not in str(refused.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[azure]\nurl = "x"\n', "unknown table 'azure'"),
+    ('[graph]\ncolour = "blue"\n', "unknown key 'colour'"),
+    ('[graph\n', "customer.toml"),
+    ('[graph]\nchallenge_timeout_minutes = 4\n', "challenge_timeout_minutes"),
+    ('[okta]\nurl = "ftp://acme"\n', "url"),
+])
+def test_bad_files_name_the_problem(tmp_path, text, message):
+    with pytest.raises(CustomerConfigError, match=message):
+        load_provider_settings("graph" if "graph" in text else "okta", {}, write(tmp_path, text))
+
+
+def test_an_unknown_environment_variable_is_refused(monkeypatch):
+    monkeypatch.setenv("STATION_PINGONE_SECRET", "x")
+    with pytest.raises(CustomerConfigError, match="STATION_PINGONE_SECRET"):
+        load_provider_settings("pingone")
+
+
+def test_a_missing_secret_says_where_to_put_it(tmp_path):
+    settings = load_provider_settings("pingone", {}, None)
+    with pytest.raises(CustomerConfigError, match="STATION_PINGONE_CLIENT_SECRET or client_secret_file"):
+        settings.secret()
+    settings = load_provider_settings("pingone", {"client_secret_file": str(tmp_path / "nope")}, None)
+    with pytest.raises(CustomerConfigError, match="cannot read"):
+        settings.secret()
+
+
+def test_clients_need_their_ids(monkeypatch):
+    from station.customer.graph import GraphClient
+
+    monkeypatch.setenv("STATION_GRAPH_CLIENT_SECRET", "x")
+    with pytest.raises(CustomerConfigError, match="tenant_id"):
+        GraphClient(load_provider_settings("graph"))
