@@ -18,11 +18,19 @@ provisioning their own account: self-service is not supported) is `SelfServiceNo
 
 from __future__ import annotations
 
-from typing import Any
+import functools
 
 import httpx
 
-from station.customer.http import ProviderError, ProviderHttp, Throttled, TokenCache, TokenRefused, json_or_none
+from station.customer.http import (
+    ProviderClient,
+    ProviderError,
+    ProviderHttp,
+    Throttled,
+    TokenCache,
+    client_credentials_token,
+    json_or_none,
+)
 from station.customer.settings import GraphSettings
 
 SCOPE = "https://graph.microsoft.com/.default"
@@ -83,7 +91,7 @@ def _graph_error(response: httpx.Response, what: str) -> GraphError:
     return cls(message, status=response.status_code, provider_code=error.get("code"))
 
 
-class GraphClient:
+class GraphClient(ProviderClient):
     """Graph's FIDO2 provisioning for one tenant and one app registration."""
 
     def __init__(self, settings: GraphSettings, *, transport: httpx.BaseTransport | None = None, sleep=None) -> None:
@@ -97,23 +105,11 @@ class GraphClient:
         secret = settings.secret()
         self._login = httpx.Client(base_url=settings.login_url, timeout=settings.timeout, transport=transport)
 
-        def fetch() -> tuple[str, float]:
-            try:
-                answer = self._login.post(f"/{settings.tenant_id}/oauth2/v2.0/token", data={
-                    "client_id": settings.client_id, "client_secret": secret, "scope": SCOPE,
-                    "grant_type": "client_credentials"})
-            except httpx.HTTPError as exc:
-                raise TokenRefused(f"the Microsoft identity platform at {settings.login_url} cannot be reached "
-                                   f"({exc.__class__.__name__})", code="idp_unreachable") from None
-            body = json_or_none(answer)
-            if answer.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-                detail = body.get("error_description", "") if isinstance(body, dict) else ""
-                raise TokenRefused(f"the Microsoft identity platform refused the client credentials "
-                                   f"(HTTP {answer.status_code}): {detail.splitlines()[0] if detail else 'no detail'}",
-                                   status=answer.status_code,
-                                   provider_code=body.get("error") if isinstance(body, dict) else None)
-            return body["access_token"], float(body.get("expires_in", 3599))
-
+        form = {"client_id": settings.client_id, "client_secret": secret, "scope": SCOPE,
+                "grant_type": "client_credentials"}
+        self._closables = (self._login,)
+        fetch = functools.partial(client_credentials_token, self._login, f"/{settings.tenant_id}/oauth2/v2.0/token",
+                                  form, who="the Microsoft identity platform", default_lifetime=3599)
         self.tokens = TokenCache(fetch)
         extra = {"sleep": sleep} if sleep is not None else {}
         self._http = ProviderHttp(
@@ -128,25 +124,8 @@ class GraphClient:
     def __repr__(self) -> str:
         return f"GraphClient({self.settings.url!r}, tenant {self.settings.tenant_id!r})"
 
-    def close(self) -> None:
-        self._http.close()
-        self._login.close()
-
-    def __enter__(self) -> GraphClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def waits(self) -> list[float]:
-        return self._http.waits
-
-    def _call(self, method: str, path: str, what: str, *, expect: int = 200, **kw) -> Any:
-        response = self._http.call(method, "/beta" + path, **kw)
-        if response.status_code != expect:
-            raise _graph_error(response, what)
-        return None if expect == 204 else response.json()
+    _refusal = staticmethod(lambda response, what: _graph_error(response, what))
+    _prefix = "/beta"
 
     def creation_options(self, user_id: str, challenge_timeout_minutes: int | None = None) -> dict:
         """`webauthnCredentialCreationOptions` `{challengeTimeoutDateTime, publicKey}` for the user."""

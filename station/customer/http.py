@@ -168,3 +168,57 @@ def json_or_none(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def client_credentials_token(http: httpx.Client, path: str, form: dict, *, who: str,
+                             default_lifetime: float = 3600.0) -> tuple[str, float]:
+    """An OAuth2 client-credentials token from `path` of `http` (a form POST: the client id and
+    secret travel in the body, as Entra's and PingOne's Client Secret Post take them)
+    → (access_token, expires_in). Raises TokenRefused, never with the secret in it."""
+    try:
+        answer = http.post(path, data=form)
+    except httpx.HTTPError as exc:
+        raise TokenRefused(f"{who} at {http.base_url} cannot be reached ({exc.__class__.__name__})",
+                           code="idp_unreachable") from None
+    body = json_or_none(answer)
+    if answer.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
+        detail = str(body.get("error_description") or "") if isinstance(body, dict) else ""
+        raise TokenRefused(f"{who} refused the client credentials (HTTP {answer.status_code}): "
+                           f"{detail.splitlines()[0] if detail else 'no detail'}", status=answer.status_code,
+                           provider_code=body.get("error") if isinstance(body, dict) else None)
+    return body["access_token"], float(body.get("expires_in", default_lifetime))
+
+
+class ProviderClient:
+    """What the three clients share: `_http` (a ProviderHttp), a path prefix, the other httpx
+    clients to close (a token endpoint's), and `_refusal(response, what)` → the named error."""
+
+    _prefix = ""
+    _http: ProviderHttp
+    _closables: tuple = ()
+
+    def close(self) -> None:
+        self._http.close()
+        for other in self._closables:
+            other.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def waits(self) -> list[float]:
+        """The 429 waits honoured so far (seconds)."""
+        return self._http.waits
+
+    @staticmethod
+    def _refusal(response: httpx.Response, what: str) -> ProviderError:
+        raise NotImplementedError
+
+    def _call(self, method: str, path: str, what: str, *, expect: int = 200, **kw: Any) -> Any:
+        response = self._http.call(method, self._prefix + path, **kw)
+        if response.status_code != expect:
+            raise self._refusal(response, what)
+        return None if expect == 204 else response.json()

@@ -20,11 +20,9 @@ Authentication is an Okta API token (`Authorization: SSWS <token>`). Okta's erro
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
-from station.customer.http import ProviderError, ProviderHttp, Throttled, json_or_none
+from station.customer.http import ProviderClient, ProviderError, ProviderHttp, Throttled, json_or_none
 from station.customer.settings import OktaSettings
 
 API = "/webauthn-registration/api/v1"
@@ -72,7 +70,7 @@ def _okta_error(response: httpx.Response, what: str) -> OktaError:
                error_id=body.get("errorId"))
 
 
-class OktaClient:
+class OktaClient(ProviderClient):
     """Okta's preregistration API for one org (`settings.url`), with its API token."""
 
     def __init__(self, settings: OktaSettings, *, transport: httpx.BaseTransport | None = None, sleep=None) -> None:
@@ -92,25 +90,8 @@ class OktaClient:
     def __repr__(self) -> str:
         return f"OktaClient({self.settings.url!r})"
 
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> OktaClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def waits(self) -> list[float]:
-        """The 429 waits honoured so far (seconds)."""
-        return self._http.waits
-
-    def _call(self, method: str, path: str, what: str, body: dict | None = None, expect: int = 200) -> Any:
-        response = self._http.call(method, API + path, json=body)
-        if response.status_code != expect:
-            raise _okta_error(response, what)
-        return None if expect == 204 else response.json()
+    _refusal = staticmethod(lambda response, what: _okta_error(response, what))
+    _prefix = API
 
     # -- the seven endpoints ------------------------------------------------------------------------
 
@@ -118,14 +99,14 @@ class OktaClient:
         """Ask Okta to order a key from the fulfillment provider itself (`fulfillmentData`:
         `[{productId, inventoryProductId, customizationId}]`)."""
         self._call("POST", "/initiate-fulfillment-request", "initiate-fulfillment-request",
-                   {"fulfillmentData": fulfillment_data, "fulfillmentProvider": FULFILLMENT_PROVIDER,
-                    "userId": user_id}, expect=204)
+                   json={"fulfillmentData": fulfillment_data, "fulfillmentProvider": FULFILLMENT_PROVIDER,
+                         "userId": user_id}, expect=204)
 
     def enroll(self, *, user_id: str, transport_key: dict, rp_ids: list[str] | None = None) -> dict:
         """A pending factor: Okta seals the PIN request and one credential request per RP ID to
         `transport_key` (a public P-384 JWK of the factory's transport JWKS)."""
         jwk = {k: transport_key[k] for k in ("kty", "crv", "kid", "use", "x", "y") if k in transport_key}
-        return self._call("POST", "/enroll", "enroll", {
+        return self._call("POST", "/enroll", "enroll", json={
             "enrollmentRpIds": rp_ids or self.settings.enrollment_rp_ids,
             "fulfillmentProvider": FULFILLMENT_PROVIDER,
             "userId": user_id,
@@ -135,7 +116,7 @@ class OktaClient:
     def activate(self, *, user_id: str, enrollment_id: str, pin_response_jwe: str, cred_response_jwes: list[str],
                  serial: str, version: str, signing_jwks: list[dict]) -> dict:
         """Hand Okta the key's sealed responses (and the factory's signing keys to check them)."""
-        return self._call("POST", "/activate", "activate", {
+        return self._call("POST", "/activate", "activate", json={
             "credResponses": [{"authenticatorEnrollmentId": enrollment_id, "credResponseJwe": jwe}
                               for jwe in cred_response_jwes],
             "fulfillmentProvider": FULFILLMENT_PROVIDER,
@@ -148,9 +129,8 @@ class OktaClient:
 
     def send_pin(self, *, user_id: str, enrollment_id: str) -> None:
         """Okta mails the key's PIN to the user (again, until the first sign-in)."""
-        self._call("POST", "/send-pin", "send-pin", {"authenticatorEnrollmentId": enrollment_id,
-                                                     "fulfillmentProvider": FULFILLMENT_PROVIDER,
-                                                     "userId": user_id}, expect=204)
+        self._call("POST", "/send-pin", "send-pin", expect=204, json={
+            "authenticatorEnrollmentId": enrollment_id, "fulfillmentProvider": FULFILLMENT_PROVIDER, "userId": user_id})
 
     def list_enrollments(self, user_id: str) -> list[dict]:
         return self._call("GET", f"/users/{user_id}/enrollments", "the enrollments list")

@@ -19,13 +19,22 @@ allowed are used.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from typing import Any
 
 import httpx
 from fido2.utils import websafe_decode, websafe_encode
 
-from station.customer.http import ProviderError, ProviderHttp, Throttled, TokenCache, TokenRefused, json_or_none
+from station.customer.http import (
+    ProviderClient,
+    ProviderError,
+    ProviderHttp,
+    Throttled,
+    TokenCache,
+    client_credentials_token,
+    json_or_none,
+)
 from station.customer.settings import CustomerConfigError, PingOneSettings
 
 ACTIVATE_CONTENT_TYPE = "application/vnd.pingidentity.device.activate+json"
@@ -121,7 +130,7 @@ def _ping_error(response: httpx.Response, what: str) -> PingOneError:
     return PingOneError(message, status=response.status_code, provider_code=body.get("code"), details=details)
 
 
-class PingOneClient:
+class PingOneClient(ProviderClient):
     """PingOne's MFA devices API for one environment and one worker app."""
 
     def __init__(self, settings: PingOneSettings, *, transport: httpx.BaseTransport | None = None, sleep=None) -> None:
@@ -134,21 +143,10 @@ class PingOneClient:
         secret = settings.secret()
         self._auth = httpx.Client(base_url=settings.auth_base, timeout=settings.timeout, transport=transport)
 
-        def fetch() -> tuple[str, float]:
-            try:
-                answer = self._auth.post(f"/{env}/as/token", data={
-                    "grant_type": "client_credentials", "client_id": settings.client_id, "client_secret": secret})
-            except httpx.HTTPError as exc:
-                raise TokenRefused(f"PingOne's auth service at {settings.auth_base} cannot be reached "
-                                   f"({exc.__class__.__name__})", code="idp_unreachable") from None
-            body = json_or_none(answer)
-            if answer.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
-                detail = body.get("error_description", "") if isinstance(body, dict) else ""
-                raise TokenRefused(f"PingOne refused the worker app's credentials (HTTP {answer.status_code}): "
-                                   f"{detail or 'no detail'}", status=answer.status_code,
-                                   provider_code=body.get("error") if isinstance(body, dict) else None)
-            return body["access_token"], float(body.get("expires_in", 3600))
-
+        form = {"grant_type": "client_credentials", "client_id": settings.client_id, "client_secret": secret}
+        self._closables = (self._auth,)
+        fetch = functools.partial(client_credentials_token, self._auth, f"/{env}/as/token", form,
+                                  who="PingOne's auth service")
         self.tokens = TokenCache(fetch)
         extra = {"sleep": sleep} if sleep is not None else {}
         self._http = ProviderHttp(
@@ -164,25 +162,7 @@ class PingOneClient:
     def __repr__(self) -> str:
         return f"PingOneClient({self.settings.api_base!r}, environment {self.settings.environment_id!r})"
 
-    def close(self) -> None:
-        self._http.close()
-        self._auth.close()
-
-    def __enter__(self) -> PingOneClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def waits(self) -> list[float]:
-        return self._http.waits
-
-    def _call(self, method: str, path: str, what: str, *, expect: int = 200, **kw) -> Any:
-        response = self._http.call(method, self._prefix + path, **kw)
-        if response.status_code != expect:
-            raise _ping_error(response, what)
-        return None if expect == 204 else response.json()
+    _refusal = staticmethod(lambda response, what: _ping_error(response, what))
 
     def create_fido2_device(self, user_id: str, *, rp_id: str | None = None, rp_name: str | None = None,
                             policy_id: str | None = None, nickname: str | None = None) -> tuple[dict, dict]:

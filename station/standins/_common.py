@@ -14,6 +14,7 @@ import secrets
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -316,6 +317,14 @@ def signin_router(relying_party_of: Callable[[str], RelyingParty | None]):
                 "signCount": credential.sign_count}
 
     return router
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+        return True
+    except ValueError:
+        return False
 
 
 def b64u_decode(value: Any) -> bytes:

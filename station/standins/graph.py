@@ -48,6 +48,7 @@ from station.standins._common import (
     Tokens,
     b64u_decode,
     bearer,
+    is_uuid,
     load_roots,
     signin_router,
 )
@@ -68,15 +69,7 @@ class GraphUser:
 
     @property
     def handle(self) -> bytes:
-        return uuid.UUID(self.id).bytes if _is_uuid(self.id) else self.id.encode()
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-        return True
-    except ValueError:
-        return False
+        return uuid.UUID(self.id).bytes if is_uuid(self.id) else self.id.encode()
 
 
 def _rfc3339(epoch: float) -> str:

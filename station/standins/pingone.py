@@ -42,6 +42,7 @@ from station.standins._common import (
     Throttle,
     Tokens,
     bearer,
+    is_uuid,
     load_roots,
     signin_router,
 )
@@ -195,7 +196,7 @@ class PingOneStandin:
         challenge = secrets.token_bytes(32)
         options = {
             "rp": {"id": rp["id"], "name": rp["name"]},
-            "user": {"id": signed_bytes(uuid.UUID(user.id).bytes if _is_uuid(user.id) else user.id.encode()),
+            "user": {"id": signed_bytes(uuid.UUID(user.id).bytes if is_uuid(user.id) else user.id.encode()),
                      "name": user.username, "displayName": user.username},
             "challenge": signed_bytes(challenge),
             "pubKeyCredParams": [{"type": "public-key", "alg": "-7"}, {"type": "public-key", "alg": "-35"},
@@ -265,14 +266,6 @@ class PingOneStandin:
             self.devices.pop(device.id, None)
         if device.credential_id is not None:
             self.relying_party(device.rp_id).forget(device.user_id, device.credential_id)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-        return True
-    except ValueError:
-        return False
 
 
 def _origin_check(rp_id: str):
