@@ -258,11 +258,14 @@ class _Providers:
                 roots = roots or _attestation_roots()
                 standin, app = make(kind, attestation_roots=roots)
                 seed(kind, standin, count)
-                server = LoopbackServer(app).start()
+                server = LoopbackServer(app)
+                server.launch()
                 self.servers.append(server)
                 self.standins[kind] = standin
                 self.signin_url[kind] = server.url
                 self.clients[kind] = self._local(kind, standin, server.url)
+            for server in self.servers:
+                server.wait_started()
         except BaseException:
             self.__exit__()
             raise
@@ -301,7 +304,9 @@ class _Providers:
         for client in self.clients.values():
             client.close()
         for server in self.servers:
-            server.stop()
+            server.ask_stop()
+        for server in self.servers:
+            server.join()
         self.servers = []
 
 

@@ -56,7 +56,14 @@ class LoopbackServer:
                                        name="standin", daemon=True)
 
     def start(self, timeout: float = 10.0) -> LoopbackServer:
+        self.launch()
+        return self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Start serving without waiting (several servers start side by side)."""
         self.thread.start()
+
+    def wait_started(self, timeout: float = 10.0) -> LoopbackServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
@@ -65,7 +72,14 @@ class LoopbackServer:
         return self
 
     def stop(self) -> None:
+        self.ask_stop()
+        self.join()
+
+    def ask_stop(self) -> None:
+        """Ask to stop without waiting (several servers stop side by side)."""
         self.server.should_exit = True
+
+    def join(self) -> None:
         self.thread.join(timeout=10)
         self.sock.close()
 
