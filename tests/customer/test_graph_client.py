@@ -211,3 +211,15 @@ def test_garbage_attestation_objects_are_400_never_500(graph, factory, attestati
     body["publicKeyCredential"]["response"]["attestationObject"] = websafe_encode(attestation_object)
     answer = raw(graph, "POST", "fido2Methods", json=body)
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalidRequest"
+
+
+def test_only_packed_and_none_attestation_formats_are_taken(graph, factory):
+    from fido2 import cbor
+    from fido2.utils import websafe_encode
+
+    credential, _, _ = registration(graph, factory)
+    decoded = cbor.decode(websafe_decode(credential["response"]["attestationObject"]))
+    decoded["fmt"] = "fido-u2f"
+    credential["response"]["attestationObject"] = websafe_encode(cbor.encode(decoded))
+    with pytest.raises(GraphError, match="'fido-u2f' is not supported"):
+        graph.client.register(graph.user_id, "Key", credential)
