@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from station.customer.flows import EntraConnector, OktaWorkflow, Order, PingOneConnector, Recipient, wait_for_shipment
+from station.customer.flows import EntraConnector, OktaWorkflow, Order, PingOneConnector, Recipient, collect
 from station.customer.graph import GraphClient
 from station.customer.okta import OktaClient
 from station.customer.pingone import PingOneClient
@@ -381,11 +381,10 @@ def _round_trip(opts, folder, keystore, store, service, providers: _Providers, u
             if row.order is None:
                 continue
             try:
-                shipment = wait_for_shipment(customer, row.order, timeout=opts.timeout, poll_interval=0.05)
+                collect(flows[row.provider], customer, row.order, timeout=opts.timeout, poll_interval=0.05)
             except StationError as exc:
                 row.state, row.error = "not fulfilled", str(exc)
                 continue
-            flows[row.provider].finish(row.order, shipment)
             _after_finish(row, providers, pins)
             update(rows)
     finally:

@@ -7,7 +7,7 @@
 - `flows`: the vendors' sequences, one key per shipment: Yubico's Okta Workflows, its FIDO
   Connector for Entra ID, HID's PingOne flow;
 - `orders`: seal a key's PIN and credential requests (PROTOCOL.md §2), the shipment body, and
-  polling a shipment through any fulfillment port (§4, `shipment_done` / `shipment_failed`);
+  polling a shipment through any fulfillment port (§4: `FINISHED_STATES`, `STOP_STATES`);
 - `verify`: open and check the responses (§3), attestation with python-fido2's `Fido2Server`;
 - `signin`: the end user's sign-in with the key and the PIN, through `Fido2Client`, against the
   provider's relying party.

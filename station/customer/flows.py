@@ -13,8 +13,9 @@
   shipment → poll → open → PingOne activation (origin https://{rp.id}) → the PIN to the hook.
 
 Each order is one shipment with exactly one item (`product_quantity` 1) to that user's own
-recipient and address (PROTOCOL.md §4). `wait_for_shipment` polls until the responses are
-readable (`orders.shipment_done`) or the shipment is in an error state (`orders.shipment_failed`).
+recipient and address (PROTOCOL.md §4). `collect` polls until the responses are readable (102,
+103, 104; or 8, whose item carries its error code) and finishes the order, or stops on any other
+error state (`orders.ShipmentFailed`): the order then fails with `shipment_failed`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from station.customer.okta import OktaClient
 from station.customer.orders import (
     FulfillmentPort,
     SealedItem,
+    ShipmentFailed,
     as_json,
     pick_transport_key,
     post_shipment,
@@ -103,9 +105,20 @@ class Order:
 
 def wait_for_shipment(fulfillment: FulfillmentPort, order: Order, *, timeout: float,
                       poll_interval: float = 0.2, on_poll: Callable[[dict], None] | None = None) -> dict:
-    """The shipment once its responses are readable or it is in an error state. ShipmentTimeout."""
+    """The shipment once its responses are readable (or its item failed). Raises ShipmentFailed
+    on the other error states, ShipmentTimeout when time runs out."""
     return wait_shipment(fulfillment, order.shipment_id, timeout=timeout, poll_interval=poll_interval,
                          on_poll=on_poll)
+
+
+def collect(flow, fulfillment: FulfillmentPort, order: Order, *, timeout: float, poll_interval: float = 0.2) -> Order:
+    """Wait for the order's shipment and finish the order (activate or register, PIN delivery);
+    a shipment stopped in an error state fails the order (`shipment_failed`). ShipmentTimeout."""
+    try:
+        shipment = wait_for_shipment(fulfillment, order, timeout=timeout, poll_interval=poll_interval)
+    except ShipmentFailed as exc:
+        return flow.failed(order, exc.code, exc.message)
+    return flow.finish(order, shipment)
 
 
 def _product(order: Order, shipment: dict) -> dict | None:
@@ -142,11 +155,16 @@ class OktaWorkflow:
         order.shipment_id = post_shipment(self.fulfillment, recipient.shipment(customization))
         return order
 
+    def failed(self, order: Order, code: str, message: str) -> Order:
+        """The key will not come: Okta's factor becomes FULFILLMENT_ERRORED."""
+        order.fail(code, message)
+        self.okta.mark_error(order.user_id, order.enrollment_id)
+        return order
+
     def finish(self, order: Order, shipment: dict) -> Order:
         product = _product(order, shipment)
         if product is None:
-            self.okta.mark_error(order.user_id, order.enrollment_id)
-            return order
+            return self.failed(order, order.error_code or "shipment_failed", order.error_message or "")
         try:
             order.registered = self.okta.activate(
                 user_id=order.user_id, enrollment_id=order.enrollment_id,
@@ -177,6 +195,9 @@ class _SealingConnector:
                                  origin=order.origin, not_after=not_after)
         order.shipment_id = post_shipment(self.fulfillment, order.recipient.shipment(order.sealed.customization))
         return order
+
+    def failed(self, order: Order, code: str, message: str) -> Order:
+        return order.fail(code, message)
 
     def finish(self, order: Order, shipment: dict) -> Order:
         product = _product(order, shipment)

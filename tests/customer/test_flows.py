@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from station.customer.flows import EntraConnector, OktaWorkflow, PingOneConnector, Recipient, wait_for_shipment
-from station.customer.orders import ShipmentTimeout, shipment_done, shipment_failed
+from station.customer.flows import EntraConnector, OktaWorkflow, PingOneConnector, Recipient, collect, wait_for_shipment
+from station.customer.orders import FINISHED_STATES, STOP_STATES, ShipmentTimeout
 from station.errors import DeviceUnsupported
 from station.protocol.messages import ShipmentRequest
 
@@ -18,7 +18,7 @@ LEE = Recipient(first_name="Lee", last_name="Roe", email="lee@example.org", coun
 
 
 def finish(flow, fulfillment, order):
-    return flow.finish(order, wait_for_shipment(fulfillment, order, timeout=5, poll_interval=0))
+    return collect(flow, fulfillment, order, timeout=5, poll_interval=0)
 
 
 def test_okta_workflow_enroll_ship_activate_send_pin(okta, fulfillment):
@@ -103,8 +103,16 @@ def test_polling_stops_on_an_error_state_and_the_order_says_so(pingone, fulfillm
     port = _Stuck(fulfillment, state)
     flow = PingOneConnector(pingone.client, port)
     order = flow.order(pingone.user_id, LEE)
-    finished = flow.finish(order, wait_for_shipment(port, order, timeout=5, poll_interval=0))
+    finished = collect(flow, port, order, timeout=5, poll_interval=0)
     assert not finished.ok and finished.error_code == "shipment_failed" and f"state {state}" in finished.error_message
+
+
+def test_an_okta_factor_is_marked_errored_when_its_shipment_stops(okta, fulfillment):
+    port = _Stuck(fulfillment, 7)
+    flow = OktaWorkflow(okta.client, port)
+    finished = collect(flow, port, flow.order(okta.user_id, KIM), timeout=5, poll_interval=0)
+    assert finished.error_code == "shipment_failed" and "address undeliverable" in finished.error_message
+    assert okta.client.list_enrollments(okta.user_id)[0]["status"] == "FULFILLMENT_ERRORED"
 
 
 @pytest.mark.parametrize("state", [100, 101])
@@ -116,9 +124,8 @@ def test_polling_waits_through_received_and_locked(pingone, fulfillment, state):
 
 
 def test_done_and_error_states_follow_protocol_section_4():
-    assert [s for s in (100, 101, 102, 103, 104) if shipment_done(s)] == [102, 103, 104]
-    assert all(shipment_failed(s) for s in (1, 6, 7, 8, 9, 99, 105, 106))
-    assert not any(shipment_failed(s) for s in (100, 101, 102, 103, 104))
+    assert sorted(FINISHED_STATES) == [8, 102, 103, 104]
+    assert sorted(STOP_STATES) == [1, 6, 7, 9, 99, 105, 106]
 
 
 def test_the_flows_speak_to_the_real_fulfillment_service(graph, factory, live_service):
@@ -132,6 +139,6 @@ def test_the_flows_speak_to_the_real_fulfillment_service(graph, factory, live_se
         claimed = station.claim()
         product, _ = factory.program(claimed.fido_pin_request, claimed.fido_credential_requests)
         station.submit(claimed.item_id, product_data=product, serial_number=product["serial_number"])
-        finished = flow.finish(order, wait_for_shipment(customer, order, timeout=10, poll_interval=0.05))
+        finished = collect(flow, customer, order, timeout=10, poll_interval=0.05)
     assert finished.ok, finished.error_message
     assert graph.client.list_methods(graph.user_id)[0]["id"] == finished.registered["id"]
