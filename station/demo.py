@@ -194,8 +194,8 @@ def run_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], None] | None
         keystore = KeyStore.init(folder / "keys")
         store = Store.open(f"sqlite:///{folder}/station.db")
         try:
-            with EmbeddedService(store, keystore) as service, _Providers(opts) as providers:
-                rows = _round_trip(opts, folder, keystore, store, service, providers, update)
+            with EmbeddedService(store, keystore) as service:
+                rows = _round_trip(opts, folder, keystore, store, service, update)
         finally:
             store.close()
     return DemoResult(rows, time.monotonic() - started)
@@ -314,7 +314,12 @@ def _recipient(person: dict) -> Recipient:
     return Recipient(first_name=person["first_name"][:15], last_name=person["last_name"][:20], email=person["login"])
 
 
-def _round_trip(opts, folder, keystore, store, service, providers: _Providers, update) -> list[Row]:
+def _round_trip(opts, folder, keystore, store, service, update) -> list[Row]:
+    with _Providers(opts) as providers:
+        return _orders_through_signin(opts, folder, keystore, store, service, providers, update)
+
+
+def _orders_through_signin(opts, folder, keystore, store, service, providers: _Providers, update) -> list[Row]:
     from station.standins import demo_users
 
     customer = FulfillmentClient(service.url, store.create_token(Role.CUSTOMER, "demo-customer"))
