@@ -431,6 +431,11 @@ def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool, k
     sys.exit(0 if ok else 1)
 
 
+from station.cli_idp import standin  # noqa: E402  (`station standin`: the identity providers' stand-ins)
+
+cli.add_command(standin)
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="The figures as one JSON document.")
 @click.option("--db", "db_url", help="A bench-only postgresql:// database (default: temporary SQLite, and a "
@@ -447,12 +452,6 @@ def bench(as_json: bool, db_url: str | None, quick: bool) -> None:
         click.echo(json.dumps(results, indent=2, default=str))
     else:
         print_bench(results)
-
-
-# ---------------------------------------------------------------- identity-provider stand-ins
-from station.cli_idp import standin  # noqa: E402
-
-cli.add_command(standin)
 
 
 def main() -> None:
