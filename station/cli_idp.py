@@ -52,7 +52,7 @@ def write_customer_config(path: Path, table: str, values: dict, secret_name: str
 @click.command("standin")
 @click.argument("kind", type=click.Choice(["okta", "graph", "pingone"]))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep it loopback).")
-@click.option("--port", required=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
+@click.option("--port", required=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--users", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="How many of the demo's users exist in it.")
 @click.option("--trust-test-ca", is_flag=True, help="Accept the virtual keys' TEST CA as an attestation root "

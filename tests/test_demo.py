@@ -104,9 +104,14 @@ def test_the_demo_points_the_same_clients_at_standin_processes(tmp_path):
                                       pingone_url=urls["pingone"], pingone_auth_url=urls["pingone"],
                                       customer_config=config))
     finally:
+        printed = ""
         for proc in procs:
             proc.terminate()
-            proc.wait(timeout=10)
+            out, err = proc.communicate(timeout=10)
+            printed += out.decode() + err.decode()
+    for kind in ("graph", "pingone"):  # the secret is in its 0600 file only, never printed
+        secret = (tmp_path / f"customer-{kind}.secret").read_text().strip()
+        assert len(secret) > 20 and secret not in printed and secret not in config.read_text()
     assert result.ok, [r.error for r in result.rows]
     assert [r.idp for r in result.rows] == ["Okta", "Entra ID", "PingOne"]
     assert all(r.signed_in for r in result.rows)

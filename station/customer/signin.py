@@ -116,16 +116,26 @@ class ProviderSignIn:
         self._user = user_id
         self.rp_id = ""
 
+    def _post(self, path: str, **kw):
+        import httpx
+
+        try:
+            return self._http.post(path, **kw)
+        except httpx.HTTPError as exc:
+            self._http.close()
+            raise SignInFailed(f"the identity provider's sign-in page cannot be reached ({exc.__class__.__name__})") from None
+
     def begin(self) -> dict:
-        answer = self._http.post(f"/_standin/signin/{self._user}/options")
+        answer = self._post(f"/_standin/signin/{self._user}/options")
         if answer.status_code != 200:
+            self._http.close()
             raise SignInFailed(f"the identity provider offers no sign-in: {_reason(answer)}")
         body = answer.json()
         self.rp_id = body["rpId"]
         return body["publicKey"]
 
     def complete(self, response: dict) -> int:
-        answer = self._http.post(f"/_standin/signin/{self._user}", json=response)
+        answer = self._post(f"/_standin/signin/{self._user}", json=response)
         self._http.close()
         if answer.status_code != 200 or not answer.json().get("verified"):
             raise SignInFailed(f"the identity provider refused the assertion: {_reason(answer)}")

@@ -132,3 +132,10 @@ def test_an_assertion_that_does_not_verify_is_refused(activated):
     )
     with pytest.raises(SignInFailed, match="Invalid signature"):
         run(tenant, key, pin=activation.pin, credentials=[forged])
+
+
+def test_an_unreachable_sign_in_page_is_a_sign_in_failure():
+    from station.customer.signin import ProviderSignIn
+
+    with pytest.raises(SignInFailed, match="cannot be reached"):
+        ProviderSignIn("http://127.0.0.1:9", "00u1").begin()
