@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 
+from pydantic import BaseModel
+
 import httpx
 
 from station.customer.http import (
@@ -28,6 +30,7 @@ from station.customer.http import (
     ProviderHttp,
     Throttled,
     TokenCache,
+    checked,
     client_credentials_token,
     json_or_none,
 )
@@ -36,6 +39,31 @@ from station.customer.settings import GraphSettings
 SCOPE = "https://graph.microsoft.com/.default"
 MAX_DISPLAY_NAME = 30
 MIN_TIMEOUT, MAX_TIMEOUT = 5, 43200
+
+
+class _Rp(BaseModel):
+    id: str
+
+
+class _PublicKey(BaseModel):
+    rp: _Rp
+    challenge: str
+
+
+class WebauthnCredentialCreationOptions(BaseModel):
+    """What the connector reads of creationOptions."""
+
+    challengeTimeoutDateTime: str
+    publicKey: _PublicKey
+
+
+class Fido2AuthenticationMethod(BaseModel):
+    id: str
+    displayName: str
+
+
+class _MethodList(BaseModel):
+    value: list[dict]
 
 
 class GraphError(ProviderError):
@@ -132,16 +160,19 @@ class GraphClient(ProviderClient):
         minutes = challenge_timeout_minutes or self.settings.challenge_timeout_minutes
         if not MIN_TIMEOUT <= minutes <= MAX_TIMEOUT:
             raise ValueError(f"challengeTimeoutInMinutes is {MIN_TIMEOUT} to {MAX_TIMEOUT}")
-        return self._call("GET", f"/users/{user_id}/authentication/fido2Methods/"
-                          f"creationOptions(challengeTimeoutInMinutes={minutes})", "creationOptions")
+        return checked(WebauthnCredentialCreationOptions, self._call(
+            "GET", f"/users/{user_id}/authentication/fido2Methods/creationOptions(challengeTimeoutInMinutes={minutes})",
+            "creationOptions"), who="Graph", what="creationOptions")
 
     def register(self, user_id: str, name: str, credential: dict) -> dict:
         """Create the fido2AuthenticationMethod from a RegistrationResponseJSON → the method."""
-        return self._call("POST", f"/users/{user_id}/authentication/fido2Methods", "the fido2Methods create",
-                          expect=201, json=fido2_method_body(name, credential))
+        return checked(Fido2AuthenticationMethod, self._call(
+            "POST", f"/users/{user_id}/authentication/fido2Methods", "the fido2Methods create", expect=201,
+            json=fido2_method_body(name, credential)), who="Graph", what="the fido2Methods create")
 
     def list_methods(self, user_id: str) -> list[dict]:
-        return self._call("GET", f"/users/{user_id}/authentication/fido2Methods", "the fido2Methods list")["value"]
+        return checked(_MethodList, self._call("GET", f"/users/{user_id}/authentication/fido2Methods",
+                                               "the fido2Methods list"), who="Graph", what="the fido2Methods list")["value"]
 
     def delete_method(self, user_id: str, method_id: str) -> None:
         self._call("DELETE", f"/users/{user_id}/authentication/fido2Methods/{method_id}", "the fido2Methods delete",

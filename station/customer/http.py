@@ -222,3 +222,19 @@ class ProviderClient:
         if response.status_code != expect:
             raise self._refusal(response, what)
         return None if expect == 204 else response.json()
+
+
+def checked(model, body: Any, *, who: str, what: str) -> Any:
+    """`body` validated against the pydantic `model` of what the provider documents (unknown
+    members kept, as providers add members); a body of another shape is a ProviderError that
+    says which member, never a KeyError later."""
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate(body)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                          for e in exc.errors(include_input=False, include_url=False)[:3])
+        raise ProviderError(f"{who} answered {what} with an unexpected body ({where})",
+                            code="idp_unexpected_answer") from None
+    return body

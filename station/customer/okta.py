@@ -22,11 +22,32 @@ from __future__ import annotations
 
 import httpx
 
-from station.customer.http import ProviderClient, ProviderError, ProviderHttp, Throttled, json_or_none
+from pydantic import BaseModel, Field
+
+from station.customer.http import ProviderClient, ProviderError, ProviderHttp, Throttled, checked, json_or_none
 from station.customer.settings import OktaSettings
 
 API = "/webauthn-registration/api/v1"
 FULFILLMENT_PROVIDER = "yubico"
+
+
+class _CredRequest(BaseModel):
+    authenticatorEnrollmentId: str
+    credRequestJwe: str
+    keyId: str
+
+
+class EnrollmentInitializationResponse(BaseModel):
+    """What the flows read of Okta's enroll answer."""
+
+    credRequests: list[_CredRequest] = Field(min_length=1)
+    pinRequestJwe: str
+    userId: str
+
+
+class EnrollmentActivationResponse(BaseModel):
+    authenticatorEnrollmentIds: list[str]
+    userId: str
 
 
 class OktaError(ProviderError):
@@ -106,17 +127,17 @@ class OktaClient(ProviderClient):
         """A pending factor: Okta seals the PIN request and one credential request per RP ID to
         `transport_key` (a public P-384 JWK of the factory's transport JWKS)."""
         jwk = {k: transport_key[k] for k in ("kty", "crv", "kid", "use", "x", "y") if k in transport_key}
-        return self._call("POST", "/enroll", "enroll", json={
+        return checked(EnrollmentInitializationResponse, self._call("POST", "/enroll", "enroll", json={
             "enrollmentRpIds": rp_ids or self.settings.enrollment_rp_ids,
             "fulfillmentProvider": FULFILLMENT_PROVIDER,
             "userId": user_id,
             "yubicoTransportKeyJWK": jwk,
-        })
+        }), who="Okta", what="enroll")
 
     def activate(self, *, user_id: str, enrollment_id: str, pin_response_jwe: str, cred_response_jwes: list[str],
                  serial: str, version: str, signing_jwks: list[dict]) -> dict:
         """Hand Okta the key's sealed responses (and the factory's signing keys to check them)."""
-        return self._call("POST", "/activate", "activate", json={
+        return checked(EnrollmentActivationResponse, self._call("POST", "/activate", "activate", json={
             "credResponses": [{"authenticatorEnrollmentId": enrollment_id, "credResponseJwe": jwe}
                               for jwe in cred_response_jwes],
             "fulfillmentProvider": FULFILLMENT_PROVIDER,
@@ -125,7 +146,7 @@ class OktaClient(ProviderClient):
             "userId": user_id,
             "version": version,
             "yubicoSigningJwks": list(signing_jwks),
-        })
+        }), who="Okta", what="activate")
 
     def send_pin(self, *, user_id: str, enrollment_id: str) -> None:
         """Okta mails the key's PIN to the user (again, until the first sign-in)."""

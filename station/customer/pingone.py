@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 from fido2.utils import websafe_decode, websafe_encode
+from pydantic import BaseModel, Field
 
 from station.customer.http import (
     ProviderClient,
@@ -32,12 +33,28 @@ from station.customer.http import (
     ProviderHttp,
     Throttled,
     TokenCache,
+    checked,
     client_credentials_token,
     json_or_none,
 )
 from station.customer.settings import CustomerConfigError, PingOneSettings
 
 ACTIVATE_CONTENT_TYPE = "application/vnd.pingidentity.device.activate+json"
+
+
+class Device(BaseModel):
+    """What the connector reads of a PingOne device."""
+
+    id: str
+    status: str
+
+
+class _Embedded(BaseModel):
+    devices: list[dict]
+
+
+class _DeviceList(BaseModel):
+    embedded: _Embedded = Field(alias="_embedded")
 
 
 class PingOneError(ProviderError):
@@ -175,7 +192,8 @@ class PingOneClient(ProviderClient):
                                 "policy": {"id": policy_id}}
         if nickname:
             body["nickname"] = nickname
-        device = self._call("POST", f"/users/{user_id}/devices", "the FIDO2 device create", expect=201, json=body)
+        device = checked(Device, self._call("POST", f"/users/{user_id}/devices", "the FIDO2 device create",
+                                            expect=201, json=body), who="PingOne", what="the FIDO2 device create")
         if device.get("status") != "ACTIVATION_REQUIRED" or "publicKeyCredentialCreationOptions" not in device:
             raise PingOneError(f"PingOne created device {device.get('id')} in status {device.get('status')} "
                                "without creation options")
@@ -183,12 +201,15 @@ class PingOneClient(ProviderClient):
 
     def activate_fido2_device(self, user_id: str, device_id: str, *, origin: str, credential: dict) -> dict:
         """→ the device, now ACTIVE."""
-        return self._call("POST", f"/users/{user_id}/devices/{device_id}", "the FIDO2 activation",
-                          content=json.dumps({"origin": origin, "attestation": attestation_json(credential)}),
-                          headers={"Content-Type": ACTIVATE_CONTENT_TYPE})
+        return checked(Device, self._call("POST", f"/users/{user_id}/devices/{device_id}", "the FIDO2 activation",
+                                          content=json.dumps({"origin": origin, "attestation": attestation_json(credential)}),
+                                          headers={"Content-Type": ACTIVATE_CONTENT_TYPE}),
+                       who="PingOne", what="the FIDO2 activation")
 
     def list_devices(self, user_id: str) -> list[dict]:
-        return self._call("GET", f"/users/{user_id}/devices", "the devices list")["_embedded"]["devices"]
+        answer = checked(_DeviceList, self._call("GET", f"/users/{user_id}/devices", "the devices list"),
+                         who="PingOne", what="the devices list")
+        return answer["_embedded"]["devices"]
 
     def delete_device(self, user_id: str, device_id: str) -> None:
         self._call("DELETE", f"/users/{user_id}/devices/{device_id}", "the device delete", expect=204)

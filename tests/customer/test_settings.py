@@ -90,3 +90,40 @@ def test_clients_need_their_ids(monkeypatch):
     monkeypatch.setenv("STATION_GRAPH_CLIENT_SECRET", "x")
     with pytest.raises(CustomerConfigError, match="tenant_id"):
         GraphClient(load_provider_settings("graph"))
+
+
+@pytest.mark.parametrize("kind, call, body", [
+    ("okta", lambda c: c.enroll(user_id="00u1", transport_key={"kty": "EC"}), {"userId": "00u1"}),
+    ("okta", lambda c: c.activate(user_id="00u1", enrollment_id="e", pin_response_jwe="p", cred_response_jwes=[],
+                                  serial="1", version="5.7.1", signing_jwks=[]), {"fulfillmentProvider": "yubico"}),
+    ("graph", lambda c: c.creation_options("u", 10), {"publicKey": {"challenge": "x"}}),
+    ("graph", lambda c: c.list_methods("u"), {"values": []}),
+    ("pingone", lambda c: c.create_fido2_device("u"), {"status": "ACTIVATION_REQUIRED"}),
+    ("pingone", lambda c: c.list_devices("u"), {"devices": []}),
+])
+def test_a_provider_answer_of_another_shape_is_a_clear_error(kind, call, body):
+    """A server that answers 2xx with a body the provider does not document (a proxy, a wrong
+    URL): a named error saying which member, never a KeyError later."""
+    import httpx
+
+    from station.customer.graph import GraphClient
+    from station.customer.http import ProviderError
+    from station.customer.okta import OktaClient
+    from station.customer.pingone import PingOneClient
+    from station.customer.settings import GraphSettings, OktaSettings, PingOneSettings
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600})
+        return httpx.Response(201 if request.method == "POST" and kind != "okta" else 200, json=body)
+
+    transport = httpx.MockTransport(answer)
+    client = {
+        "okta": lambda: OktaClient(OktaSettings(api_token="00x"), transport=transport),
+        "graph": lambda: GraphClient(GraphSettings(tenant_id="t", client_id="c", client_secret="s"), transport=transport),
+        "pingone": lambda: PingOneClient(PingOneSettings(environment_id="e", client_id="c", client_secret="s",
+                                                         policy_id="p", rp_id="example.org"), transport=transport),
+    }[kind]()
+    with client, pytest.raises(ProviderError, match="unexpected body") as refused:
+        call(client)
+    assert refused.value.code == "idp_unexpected_answer"
