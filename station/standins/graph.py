@@ -225,6 +225,10 @@ _KNOWN = {
 
 def _unknown(obj: dict, where: str) -> None:
     names, type_name = _KNOWN[where]
+    declared = obj.get("@odata.type")
+    if declared is not None and declared.lstrip("#") != f"microsoft.graph.{type_name}":
+        raise GraphRefusal(400, "BadRequest", f"A type named '{declared}' could not be resolved as "
+                           f"'microsoft.graph.{type_name}'.")
     for key in obj:
         if key not in names:
             raise GraphRefusal(400, "BadRequest",

@@ -118,6 +118,7 @@ def test_display_names_keep_the_serial_within_30(serial, model, expected):
     (lambda b: {"publicKeyCredential": b["publicKeyCredential"]}, "displayName is required"),
     (lambda b: {**b, "displayName": "y" * 31}, "at most 30"),
     (lambda b: {"displayName": "k"}, "publicKeyCredential is required"),
+    (lambda b: {**b, "@odata.type": "#microsoft.graph.passwordAuthenticationMethod"}, "could not be resolved"),
 ])
 def test_graph_refuses_other_members_and_missing_ones(graph, factory, mangle, message):
     credential, opened, _ = registration(graph, factory)
