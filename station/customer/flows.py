@@ -183,9 +183,9 @@ class _SealingConnector:
 
     provider = ""
 
-    def __init__(self, fulfillment: FulfillmentPort, deliver_pin: PinDelivery | None) -> None:
+    def __init__(self, fulfillment: FulfillmentPort, deliver_pin: PinDelivery) -> None:
         self.fulfillment = fulfillment
-        self.deliver_pin = deliver_pin or (lambda order, pin: None)
+        self.deliver_pin = deliver_pin  # required: a PIN nobody receives makes the key useless
 
     def _ship(self, order: Order, options: dict, not_after: datetime | None) -> Order:
         order.rp_id = options["rp"]["id"]
@@ -222,7 +222,7 @@ class EntraConnector(_SealingConnector):
 
     provider = "Entra ID"
 
-    def __init__(self, graph: GraphClient, fulfillment: FulfillmentPort, *, deliver_pin: PinDelivery | None = None,
+    def __init__(self, graph: GraphClient, fulfillment: FulfillmentPort, *, deliver_pin: PinDelivery,
                  challenge_timeout_minutes: int | None = None) -> None:
         super().__init__(fulfillment, deliver_pin)
         self.graph = graph
@@ -243,7 +243,7 @@ class PingOneConnector(_SealingConnector):
     provider = "PingOne"
 
     def __init__(self, pingone: PingOneClient, fulfillment: FulfillmentPort, *,
-                 deliver_pin: PinDelivery | None = None) -> None:
+                 deliver_pin: PinDelivery) -> None:
         super().__init__(fulfillment, deliver_pin)
         self.pingone = pingone
 

@@ -17,6 +17,10 @@ LEE = Recipient(first_name="Lee", last_name="Roe", email="lee@example.org", coun
                 city="Berlin", postal_code="10115")
 
 
+def NOBODY(order, pin):
+    """A PIN delivery for tests that do not look at the PIN."""
+
+
 def finish(flow, fulfillment, order):
     return collect(flow, fulfillment, order, timeout=5, poll_interval=0)
 
@@ -63,7 +67,7 @@ def test_entra_connector_one_shipment_per_user_each_to_its_own_recipient(graph, 
 
 
 def test_entra_connector_reports_a_refused_registration(graph, fulfillment):
-    flow = EntraConnector(graph.client, fulfillment)
+    flow = EntraConnector(graph.client, fulfillment, deliver_pin=NOBODY)
     order = flow.order(graph.user_id, KIM)
     graph.standin.relying_party.roots = []  # now accepts any attestation ...
     graph.standin.relying_party.rp = type(graph.standin.relying_party.rp)(id="other.example", name="x")  # ... for another RP
@@ -101,7 +105,7 @@ class _Stuck:
 @pytest.mark.parametrize("state", [1, 6, 7, 9, 99, 105, 106])
 def test_polling_stops_on_an_error_state_and_the_order_says_so(pingone, fulfillment, state):
     port = _Stuck(fulfillment, state)
-    flow = PingOneConnector(pingone.client, port)
+    flow = PingOneConnector(pingone.client, port, deliver_pin=NOBODY)
     order = flow.order(pingone.user_id, LEE)
     finished = collect(flow, port, order, timeout=5, poll_interval=0)
     assert not finished.ok and finished.error_code == "shipment_failed" and f"state {state}" in finished.error_message
@@ -118,7 +122,7 @@ def test_an_okta_factor_is_marked_errored_when_its_shipment_stops(okta, fulfillm
 @pytest.mark.parametrize("state", [100, 101])
 def test_polling_waits_through_received_and_locked(pingone, fulfillment, state):
     port = _Stuck(fulfillment, state)
-    order = PingOneConnector(pingone.client, port).order(pingone.user_id, LEE)
+    order = PingOneConnector(pingone.client, port, deliver_pin=NOBODY).order(pingone.user_id, LEE)
     with pytest.raises(ShipmentTimeout, match=f"state {state}"):
         wait_for_shipment(port, order, timeout=0.05, poll_interval=0.01)
 
@@ -134,7 +138,7 @@ def test_the_flows_speak_to_the_real_fulfillment_service(graph, factory, live_se
 
     url, customer_token, station_token = live_service
     with FulfillmentClient(url, customer_token) as customer, FulfillmentClient(url, station_token) as station:
-        flow = EntraConnector(graph.client, customer)
+        flow = EntraConnector(graph.client, customer, deliver_pin=NOBODY)
         order = flow.order(graph.user_id, KIM)
         claimed = station.claim()
         product, _ = factory.program(claimed.fido_pin_request, claimed.fido_credential_requests)
