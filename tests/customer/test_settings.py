@@ -127,3 +127,17 @@ def test_a_provider_answer_of_another_shape_is_a_clear_error(kind, call, body):
     with client, pytest.raises(ProviderError, match="unexpected body") as refused:
         call(client)
     assert refused.value.code == "idp_unexpected_answer"
+
+
+def test_the_readme_example_configuration_loads(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("A customer configuration for real tenants", 1)[1].split("```\n", 2)[1]
+    path = write(tmp_path, block)
+    for name in ("okta.token", "graph.secret", "pingone.secret"):
+        (tmp_path / name).write_text("a-secret\n")
+    assert load_provider_settings("okta", {}, path).secret() == "a-secret"
+    assert load_provider_settings("graph", {}, path).challenge_timeout_minutes == 10080
+    pingone = load_provider_settings("pingone", {}, path)
+    assert pingone.api_base == "https://api.pingone.eu" and pingone.secret() == "a-secret"
