@@ -59,7 +59,11 @@ def write_customer_config(path: Path, table: str, values: dict, secret_name: str
               "(the vendors' published roots are always accepted).")
 @click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path),
               help="Merge the customer configuration that reaches this stand-in into this TOML file.")
-def standin(kind: str, host: str, port: int, users: int, trust_test_ca: bool, write_config: Path | None) -> None:
+@click.option("--throttle-every", type=click.IntRange(1, 1000), help="Answer every N-th API call with 429.")
+@click.option("--retry-after", type=click.IntRange(0, 3600), default=1, show_default=True,
+              help="The Retry-After seconds of those 429s.")
+def standin(kind: str, host: str, port: int, users: int, trust_test_ca: bool, write_config: Path | None,
+            throttle_every: int | None, retry_after: int) -> None:
     """Run a strict stand-in of Okta, Microsoft Graph or PingOne until interrupted."""
     from importlib import resources
 
@@ -73,6 +77,8 @@ def standin(kind: str, host: str, port: int, users: int, trust_test_ca: bool, wr
         roots.append((data / "testca" / "ca.pem").read_bytes())
     state, app = make(kind, attestation_roots=roots)
     seed(kind, state, users)
+    if throttle_every:
+        state.throttle.every(throttle_every, retry_after)
     url = f"http://{host}:{port}"
     if kind == "okta":
         values, secret_name, secret = {"url": url, "rp_ids": [OKTA_DOMAIN]}, "api_token", state.new_api_token()

@@ -136,12 +136,20 @@ class Tokens:
 
 
 class Throttle:
-    """429 on demand: `arm(count, retry_after)` makes the next `count` API calls answer 429."""
+    """429 on demand: `arm(count, retry_after)` makes the next `count` API calls answer 429;
+    `every(n, retry_after)` makes every n-th call answer 429 from now on (`station standin
+    --throttle-every N`)."""
 
     def __init__(self) -> None:
         self._left = 0
+        self._every = 0
+        self._calls = 0
         self.retry_after = 1
         self._lock = threading.Lock()
+
+    def every(self, n: int, retry_after: int = 1) -> None:
+        with self._lock:
+            self._every, self._calls, self.retry_after = n, 0, retry_after
 
     def arm(self, count: int = 1, retry_after: int = 1) -> None:
         with self._lock:
@@ -150,6 +158,9 @@ class Throttle:
     def take(self) -> int | None:
         """The Retry-After seconds when this call is throttled, else None."""
         with self._lock:
+            self._calls += 1
+            if self._every and self._calls % self._every == 0:
+                return self.retry_after
             if self._left <= 0:
                 return None
             self._left -= 1

@@ -224,3 +224,10 @@ def test_only_packed_and_none_attestation_formats_are_taken(graph, factory):
     credential["response"]["attestationObject"] = websafe_encode(cbor.encode(decoded))
     with pytest.raises(GraphError, match="'fido-u2f' is not supported"):
         graph.client.register(graph.user_id, "Key", credential)
+
+
+def test_every_nth_call_throttled_is_waited_out(graph):
+    graph.standin.throttle.every(2, retry_after=1)
+    for _ in range(3):
+        assert graph.client.list_methods(graph.user_id) == []
+    assert graph.sleeps == [1.0, 1.0]  # the server's calls 2 and 4 answered 429, each retried once
