@@ -18,6 +18,8 @@ State rules followed:
 - setPIN on a key that has a PIN answers CTAP2_ERR_NOT_ALLOWED (CTAP 2.1 §6.5.5.5; what SoloKeys'
   and pico-fido's suites expect of real keys; see station/data/SOURCES.md).
 - Obtaining a token replaces the previous one (resetPinUvAuthToken); changePIN invalidates it.
+- A profile with Yubico's PIN complexity on refuses trivial new PINs (`trivial_pin`) with
+  CTAP2_ERR_PIN_POLICY_VIOLATION, on setPIN and changePIN alike.
 - Token timers (§6.5.2.1): a token not used within the initial usage time limit (30 s, the USB
   figure) stops being usable; a used one lasts at most the max usage time period (10 minutes).
 """
@@ -349,4 +351,24 @@ class ClientPinCommand:
             raise CtapError(ERR.PIN_POLICY_VIOLATION) from None
         if length < self.key.state.min_pin_length or len(pin) > 63:
             raise CtapError(ERR.PIN_POLICY_VIOLATION)
+        if self.key.profile.pin_complexity and trivial_pin(pin.decode("utf-8")):
+            raise CtapError(ERR.PIN_POLICY_VIOLATION)
         return pin
+
+
+#: PINs Yubico names as refused under PIN complexity (docs.yubico.com/yesdk, "PIN complexity
+#: policy": 11111111, password, 12345678; issue 11 cites 123123). The full blocklist is in the
+#: YubiKey Technical Manual, which we could not read: these are the published examples only.
+PIN_BLOCKLIST = frozenset({"11111111", "password", "12345678", "123123"})
+
+
+def trivial_pin(pin: str) -> bool:
+    """Yubico's PIN complexity policy (firmware 5.7+, when enabled): a blocklisted PIN, one
+    character repeated (the policy's "11111111" example, generalised: ASSUMED), or a run of
+    consecutive ascending or descending digits ("12345678", generalised: ASSUMED)."""
+    if pin.lower() in PIN_BLOCKLIST or len(set(pin)) == 1:
+        return True
+    if pin.isdigit() and len(pin) > 1:
+        steps = {int(b) - int(a) for a, b in zip(pin, pin[1:])}
+        return steps in ({1}, {-1})
+    return False

@@ -35,7 +35,8 @@ class VirtualCtapDevice(CtapDevice):
     @property
     def capabilities(self) -> int:
         nmsg = CAPABILITY(0) if self.authenticator.profile.u2f else CAPABILITY.NMSG
-        return CAPABILITY.CBOR | CAPABILITY.WINK | nmsg
+        cbor = CAPABILITY.CBOR if self.authenticator.profile.ctap2 else CAPABILITY(0)  # CTAP1-only key
+        return cbor | CAPABILITY.WINK | nmsg
 
     def call(
         self,
@@ -46,7 +47,7 @@ class VirtualCtapDevice(CtapDevice):
     ) -> bytes:
         """CTAPHID_CBOR → process(); MSG (U2F profiles) → process_u2f(); WINK → wink();
         READ_CONFIG (YubiKey) → management_config(); anything else CtapError INVALID_COMMAND."""
-        if cmd == CTAPHID.CBOR:
+        if cmd == CTAPHID.CBOR and self.authenticator.profile.ctap2:
             return self.authenticator.process(data, keepalive=_once_per_status(on_keepalive), cancel=event)
         if cmd == CTAPHID.MSG and self.authenticator.profile.u2f:
             return self.authenticator.process_u2f(data, keepalive=_once_per_status(on_keepalive), cancel=event)

@@ -4,23 +4,26 @@ Each `Profile` is what a real key of that model reports in authenticatorGetInfo,
 station reads its serial number and firmware version (yubikit's management interface for a
 YubiKey, GlobalPlatform CPLC for a Crescendo).
 
-Sources and assumptions:
+Sources and assumptions (each field's public source: station/data/SOURCES.md):
 - AAGUIDs are copied from station/data/aaguids.json (public FIDO metadata via yubi.co/aaguids and
-  Microsoft's FIDO2 hardware vendor table).
-- YubiKey 5 NFC 5.7 / 5.4 getInfo (versions, options, maxMsgSize 1280/1200, 8 credentials in a
-  list, credential ID up to 128 bytes, 100/25 discoverable credentials, PIN protocols [2, 1] /
-  [1], ES256 + EdDSA) follows what `ykman fido info` shows on those firmwares as far as public
-  reports go. largeBlobs / credBlob / largeBlobKey, which 5.7 also offers, are NOT advertised
-  because this authenticator does not implement them.
+  Microsoft's FIDO2 hardware vendor table); a CTAP1-only key has none (all zero).
+- YubiKey 5 NFC 5.7.1: the real key's getInfo (issue 11): FIDO_2_1, largeBlobs (4096 bytes),
+  credBlob (32), largeBlobKey, minPinLength, ES256 + EdDSA + ES384, maxMsgSize 1280, PIN
+  protocols [2, 1], 100 discoverable credentials; no `ep` (retail keys have no enterprise
+  attestation). The PIN-complexity profile is the same key ordered with Yubico's PIN
+  complexity on. 5.4.3: FIDO_2_1_PRE, credentialMgmtPreview, maxMsgSize 1200, PIN protocols
+  [2, 1], 25 discoverable credentials. YubiKeys refuse reset 5 s after power-up.
 - CTAP1/U2F ("U2F_V2" in versions, property `u2f`): the YubiKey 5 series has it; HID documents
   FIDO U2F for the Crescendo Key series (docs.hidglobal.com/crescendo/key-series/fidou2f.htm,
   USB and contactless). The Crescendo 4000's public FIDO metadata (AAGUID aa79f476-...) is
   protocolFamily fido2 with upv 1.0 / 1.1 only and no HID document mentions U2F for it, so that
-  profile has none.
-- Crescendo 4000 and Crescendo Key: no public getInfo dump was found. ASSUMED: FIDO_2_0 +
-  FIDO_2_1 with authenticatorConfig, PIN protocols [2, 1], ES256 only, 25 discoverable
-  credentials, firmware 1.0.0 (Crescendo 4000) / 2.0.0 (Crescendo Key), Crescendo Key USB product
-  id 0x0028 under HID Global's vendor id 0x09C3, and a generic PC/SC part 3 contactless ATR.
+  profile has none. yubico-u2f-security-key is CTAP1 only (ASSUMED: firmware 4.1.8, USB pid
+  0x0120).
+- Crescendo 4000 and Crescendo Key: no public getInfo dump and no published ATR was found.
+  ASSUMED: FIDO_2_0 + FIDO_2_1 with authenticatorConfig, PIN protocols [2, 1], ES256 only, 25
+  discoverable credentials, firmware 1.0.0 (Crescendo 4000) / 2.0.0 (Crescendo Key), Crescendo
+  Key USB product id 0x0028 under HID Global's vendor id 0x09C3, and a generic PC/SC part 3
+  contactless ATR; CTAP 2.1's 10 s reset window.
 - The YubiKey ATR is the contactless one a YubiKey 5 NFC presents to a PC/SC reader.
 """
 

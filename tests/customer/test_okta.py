@@ -77,7 +77,7 @@ def test_okta_round_trip_ends_in_a_sign_in_after_the_forced_pin_change(tenant, f
         new_pin = MailedPin("583920")
         first = sign_in(key, rp_id=DOMAIN, origin=tenant.origin, credentials=tenant.credentials(USER),
                         pin=activation.pin, new_pin=new_pin)
-        assert first.pin_change_forced and first.first_refusal == "PIN_POLICY_VIOLATION"
+        assert first.pin_change_forced and first.first_refusal == "PIN_INVALID"  # CTAP 2.1 §6.5.5.7.2
         assert first.user_verified and first.sign_count > before
         assert first.credential_id == stored.credential_id and first.user_id == USER.id.encode()
         assert new_pin.reveal() not in repr(first) and activation.pin.reveal() not in repr(first)

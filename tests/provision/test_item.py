@@ -86,7 +86,8 @@ def test_the_pin_works_only_after_the_forced_change_and_credentials_are_discover
     assert ctap2.get_info().force_pin_change is True
     with pytest.raises(CtapError) as refused:
         client_pin.get_pin_token(pin.pin, ClientPin.PERMISSION.CREDENTIAL_MGMT)
-    assert refused.value.code == CtapError.ERR.PIN_POLICY_VIOLATION  # CTAP 2.1: until changePIN
+    assert refused.value.code == CtapError.ERR.PIN_INVALID  # CTAP 2.1 §6.5.5.7.2: until changePIN
+    assert ctap2.get_info().force_pin_change is True  # what tells it from a wrong PIN
     client_pin.change_pin(pin.pin, "73915284")
     assert ctap2.get_info().force_pin_change is False
     token = client_pin.get_pin_token("73915284", ClientPin.PERMISSION.CREDENTIAL_MGMT)
