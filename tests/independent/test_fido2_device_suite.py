@@ -32,6 +32,7 @@ _COMMON_SKIPS = {
 _ALGORITHM_SKIPS = {f"Algorithm {name} not supported" for name in ("RS256", "PS256", "ES512", "ES256K", "MLDSA44", "MLDSA65", "MLDSA87", "EdDSA448", "Ed448", "RS1", "ESP256", "ESP384", "ESP512", "Ed25519")}
 ALLOWED_SKIPS = {
     "yubikey-5-nfc-5.7": _COMMON_SKIPS | _ALGORITHM_SKIPS,
+    "yubikey-5-nfc-5.7-pin-complexity": _COMMON_SKIPS | _ALGORITHM_SKIPS,
     # 5.4.3: also no ES384, no largeBlobs/credBlob, no authenticatorConfig, no FIDO_2_1
     # permissions, no updateUserInformation (FIDO_2_1_PRE credentialMgmtPreview only)
     "yubikey-5-nfc-5.4": _COMMON_SKIPS | _ALGORITHM_SKIPS | {
