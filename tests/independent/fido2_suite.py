@@ -11,7 +11,8 @@ NoCardException, asks for an insertion and connects.
 Here power/off stops the `station virtual serve` process (the card leaves vpcd's reader) and
 answers only once pcscd no longer sees a card in the reader; power/on starts a new serve of the
 same state file and answers once pcscd sees the card. Touches need nothing: the key is served
-with presence "approve" (the button is always pressed in time).
+with presence "delay:0.05" (the simulated user presses the button 0.05 s after the key asks, while
+the key sends keepalives), so the controller's touch calls only get logged.
 
 The suite runs in ONE pytest session in a subprocess; its JUnit XML is parsed into counts.
 
@@ -45,6 +46,9 @@ VENV = Path(sys.executable).parent.parent
 SUITE_DIR = VENV / "cache" / f"fido2-{version('fido2')}-tests"
 READER = "Virtual PCD 00 00"
 VPCD = "127.0.0.1:35963"
+#: The simulated user touches 0.05 s after the key asks: the key sends keepalive UPNEEDED meanwhile
+#: (NFCCTAP_GETRESPONSE status over PC/SC), so the suite's prompt and keepalive paths run too.
+PRESENCE = "delay:0.05"
 #: How long a power change may take before the controller gives up (pcscd polls every ~0.4 s).
 POWER_TIMEOUT = 20.0
 
@@ -82,14 +86,15 @@ def wait_card(present: bool, reader: str = READER, timeout: float = POWER_TIMEOU
 class ServedKey:
     """`station virtual serve STATEFILE` as a process: running = card in the reader."""
 
-    def __init__(self, statefile: Path, log: Path, vpcd: str = VPCD, reader: str = READER) -> None:
+    def __init__(self, statefile: Path, log: Path, vpcd: str = VPCD, reader: str = READER,
+                 presence: str = "approve") -> None:
         self.statefile = statefile
+        self.presence = presence
         self.log = log
         self.vpcd = vpcd
         self.reader = reader
         self.process: subprocess.Popen | None = None
         self.lock = threading.Lock()
-        self.power_cycles = 0
 
     def insert(self) -> None:
         with self.lock:
@@ -97,7 +102,8 @@ class ServedKey:
                 return
             with open(self.log, "ab") as out:
                 self.process = subprocess.Popen(
-                    [str(VENV / "bin" / "station"), "virtual", "serve", str(self.statefile), "--vpcd", self.vpcd],
+                    [str(VENV / "bin" / "station"), "virtual", "serve", str(self.statefile), "--vpcd", self.vpcd,
+                     "--presence", self.presence],
                     stdout=out, stderr=subprocess.STDOUT,
                 )
             wait_card(True, self.reader)
@@ -113,7 +119,6 @@ class ServedKey:
                 self.process.kill()
                 self.process.wait()
             self.process = None
-            self.power_cycles += 1
             wait_card(False, self.reader)  # never reinsert before pcscd saw the card leave
 
 
@@ -144,7 +149,7 @@ class _ControllerHandler(http.server.BaseHTTPRequestHandler):
             elif len(parts) == 3 and parts[0].startswith("usb") and parts[1] == "power" and parts[2] in ("on", "off"):
                 (self.server.key.insert if parts[2] == "on" else self.server.key.remove)()
             elif len(parts) == 3 and parts[0].startswith("usb") and parts[1] == "touch" and parts[2] in ("on", "off"):
-                pass  # presence "approve": the simulated user always touches in time
+                pass  # the served key's presence policy is the simulated user's finger
             else:
                 self._reply(404, b"unknown controller path\n")
                 return
@@ -173,12 +178,15 @@ class SuiteResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (test, message)
     skips: Counter = field(default_factory=Counter)  # reason → count
     output: str = ""
+    touches: int = 0  # /touch/on requests: the suite saw keepalive UPNEEDED and prompted
+    power_cycles: int = 0  # card removals the suite asked for (/power/off)
 
     def summary(self) -> str:
         c = self.counts
         lines = [
             f"{self.profile}: {c['passed']} passed, {c['failed']} failed, {c['errors']} errors, "
-            f"{c['skipped']} skipped in {self.seconds:.0f} s (pytest rc {self.returncode})"
+            f"{c['skipped']} skipped in {self.seconds:.0f} s (pytest rc {self.returncode}); "
+            f"{self.touches} touches, {self.power_cycles} removals"
         ]
         lines += [f"  FAILED {name}: {msg}" for name, msg in self.failures]
         lines += [f"  skipped x{n}: {reason}" for reason, n in sorted(self.skips.items())]
@@ -204,7 +212,7 @@ def _parse_junit(path: Path, result: SuiteResult) -> None:
 
 
 def run_suite(profile: str, workdir: Path, *, reader: str = READER, vpcd: str = VPCD,
-              extra_args: tuple[str, ...] = (), timeout: float = 900) -> SuiteResult:
+              presence: str = PRESENCE, extra_args: tuple[str, ...] = (), timeout: float = 900) -> SuiteResult:
     """A fresh key of `profile`, served into `reader`; the whole device suite in one session."""
     if not suite_path().is_dir():
         raise FileNotFoundError(f"{suite_path()} is missing: run scripts/setup --test")
@@ -212,7 +220,7 @@ def run_suite(profile: str, workdir: Path, *, reader: str = READER, vpcd: str = 
     statefile = workdir / f"{profile}.json"
     subprocess.run([str(VENV / "bin" / "station"), "virtual", "new", "--profile", profile, str(statefile)],
                    check=True, capture_output=True)
-    key = ServedKey(statefile, workdir / "serve.log", vpcd, reader)
+    key = ServedKey(statefile, workdir / "serve.log", vpcd, reader, presence)
     controller = Controller(key)
     thread = threading.Thread(target=controller.serve_forever, daemon=True)
     thread.start()
@@ -237,7 +245,9 @@ def run_suite(profile: str, workdir: Path, *, reader: str = READER, vpcd: str = 
         controller.shutdown()
         controller.server_close()
         key.remove()
-    result = SuiteResult(profile, proc.returncode, time.monotonic() - start, output=proc.stdout + proc.stderr)
+    result = SuiteResult(profile, proc.returncode, time.monotonic() - start, output=proc.stdout + proc.stderr,
+                         touches=sum(r.endswith("/touch/on") for r in controller.requests),
+                         power_cycles=sum(r.endswith("/power/off") for r in controller.requests))
     if junit.exists():
         _parse_junit(junit, result)
     return result
