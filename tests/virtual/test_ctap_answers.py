@@ -9,6 +9,7 @@ import os
 import struct
 
 import pytest
+from cryptography import x509
 from fido2 import cbor
 from fido2.cose import ES256, ES384, CoseKey
 from fido2.ctap import CtapError
@@ -20,6 +21,7 @@ from fido2.hid import CAPABILITY, CTAPHID
 from fido2.utils import sha256
 
 from station.virtual import PresencePolicy
+from station.virtual.attestation import OID_AAGUID
 from station.virtual.client_pin import TOKEN_INITIAL_USAGE_SECONDS, TOKEN_MAX_USAGE_SECONDS, trivial_pin
 from station.virtual.hid import open_hid
 
@@ -290,6 +292,7 @@ def test_u2f_only_key_speaks_ctap1_and_nothing_else(new_key):
             app, challenge = sha256(b"https://example.com"), sha256(b"challenge")
             reg = ctap1.register(challenge, app)
             reg.verify(app, challenge)
+            assert OID_AAGUID not in [e.oid for e in x509.load_der_x509_certificate(reg.certificate).extensions]
             signed = ctap1.authenticate(challenge, app, reg.key_handle)
             signed.verify(app, challenge, reg.public_key)
     finally:
