@@ -11,8 +11,8 @@ NoCardException, asks for an insertion and connects.
 Here power/off stops the `station virtual serve` process (the card leaves vpcd's reader) and
 answers only once pcscd no longer sees a card in the reader; power/on starts a new serve of the
 same state file and answers once pcscd sees the card. Touches need nothing: the key is served
-with presence "delay:0.05" (the simulated user presses the button 0.05 s after the key asks, while
-the key sends keepalives), so the controller's touch calls only get logged.
+with a presence policy (by default "delay:0.15": the simulated user presses the button 0.15 s after
+the key asks, while the key sends keepalives), so the controller's touch calls only get counted.
 
 The suite runs in ONE pytest session in a subprocess; its JUnit XML is parsed into counts.
 
@@ -46,9 +46,10 @@ VENV = Path(sys.executable).parent.parent
 SUITE_DIR = VENV / "cache" / f"fido2-{version('fido2')}-tests"
 READER = "Virtual PCD 00 00"
 VPCD = "127.0.0.1:35963"
-#: The simulated user touches 0.05 s after the key asks: the key sends keepalive UPNEEDED meanwhile
-#: (NFCCTAP_GETRESPONSE status over PC/SC), so the suite's prompt and keepalive paths run too.
-PRESENCE = "delay:0.05"
+#: The simulated user touches 0.15 s after the key asks. The card answers a request still running
+#: after 100 ms with keepalive UPNEEDED (SW 9100, apdu.py), so every touch reaches the suite's
+#: prompt and keepalive paths (and its controller's /touch/on). "approve" is faster.
+PRESENCE = "delay:0.15"
 #: How long a power change may take before the controller gives up (pcscd polls every ~0.4 s).
 POWER_TIMEOUT = 20.0
 
