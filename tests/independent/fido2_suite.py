@@ -18,8 +18,8 @@ The suite runs in ONE pytest session in a subprocess; its JUnit XML is parsed in
 
     .venv/bin/python tests/independent/fido2_suite.py --profile yubikey-5-nfc-5.7 [-- PYTEST ARGS]
 
-needs pcscd running with vsmartcard-vpcd (the tests' `pcscd` fixture, or `pcscd -f`) and the
-suite unpacked by `scripts/setup --test` (see SUITE_DIR).
+takes the tests' pcscd lock and starts pcscd (with vsmartcard-vpcd) if none runs; the suite must
+have been unpacked by `scripts/setup --test` (see SUITE_DIR).
 """
 
 from __future__ import annotations
@@ -254,6 +254,42 @@ def run_suite(profile: str, workdir: Path, *, reader: str = READER, vpcd: str = 
     return result
 
 
+@contextlib.contextmanager
+def pcscd_for_script(lock_path: Path = Path("/tmp/station-tests-pcscd.lock")):
+    """For the script: take the tests' machine-wide pcscd lock, start `pcscd -f` if none runs
+    (stopped by its PID at the end), and wait until it lists the reader."""
+    import fcntl
+
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # waits for any test session using pcscd
+        process = None
+        if not _pcscd_running():
+            process = subprocess.Popen(["pcscd", "-f"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    card_present()
+                    break
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            yield
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=10)
+
+
+def _pcscd_running() -> bool:
+    try:
+        os.kill(int(Path("/run/pcscd/pcscd.pid").read_text().strip("\0\n ")), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", action="append", help="repeatable; default: the YubiKey profiles")
@@ -263,12 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profiles = args.profile or YUBIKEY_PROFILES
     worst = 0
-    for profile in profiles:
-        result = run_suite(profile, args.workdir / profile, extra_args=tuple(args.pytest_args))
-        if args.output:
-            print(result.output)
-        print(result.summary())
-        worst = max(worst, int(result.counts["failed"] + result.counts["errors"] > 0 or result.returncode != 0))
+    with pcscd_for_script():
+        for profile in profiles:
+            result = run_suite(profile, args.workdir / profile, extra_args=tuple(args.pytest_args))
+            if args.output:
+                print(result.output)
+            print(result.summary())
+            worst = max(worst, int(result.counts["failed"] + result.counts["errors"] > 0 or result.returncode != 0))
     return worst
 
 
