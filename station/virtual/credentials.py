@@ -296,7 +296,7 @@ class CredentialCommands:
         if cred_protect not in (1, 2, 3) or "credProtect" not in profile.extensions:
             cred_protect = None
         hmac_secret = extensions.get("hmac-secret") is True and "hmac-secret" in profile.extensions
-        cred_blob = self._cred_blob_input(extensions)
+        cred_blob, cred_blob_stored = self._cred_blob_input(extensions)
         large_blob_key = self._large_blob_key_input(extensions, rk)
         request.user_presence()
         # §6.1.2: the storage check comes after the test of user presence (a full key still
@@ -306,7 +306,7 @@ class CredentialCommands:
         self._clear_token_after_use()
 
         cred = new_credential(alg, rp_id_hash, cred_protect or CredProtect.UV_OPTIONAL, hmac_secret, rk)
-        cred.cred_blob = cred_blob or None
+        cred.cred_blob = cred_blob if cred_blob_stored else None
         cred.has_large_blob_key = large_blob_key
         cred.credential_id = wrap(self.wrapping_key, cred)
         if rk:
@@ -317,7 +317,7 @@ class CredentialCommands:
         if hmac_secret:
             ext_out["hmac-secret"] = True
         if cred_blob is not None:
-            ext_out["credBlob"] = bool(cred_blob)
+            ext_out["credBlob"] = cred_blob_stored
         if extensions.get("minPinLength") is True and "minPinLength" in profile.extensions:
             if rp_id in state.min_pin_length_rpids:
                 ext_out["minPinLength"] = state.min_pin_length
@@ -341,14 +341,15 @@ class CredentialCommands:
             response[5] = cred.large_blob_key(self.wrapping_key)
         return response
 
-    def _cred_blob_input(self, extensions: dict) -> bytes | None:
-        """credBlob (§12.2): the blob to store, b"" if too long (output false), None if absent."""
+    def _cred_blob_input(self, extensions: dict) -> tuple[bytes | None, bool]:
+        """credBlob (§12.2): (the blob, whether it is stored: not if longer than
+        maxCredBlobLength); (None, False) if absent."""
         if "credBlob" not in extensions or "credBlob" not in self.key.profile.extensions:
-            return None
+            return None, False
         blob = extensions["credBlob"]
         if not isinstance(blob, bytes):
             raise CtapError(ERR.CBOR_UNEXPECTED_TYPE)
-        return blob if len(blob) <= self.key.profile.max_cred_blob_length else b""
+        return blob, len(blob) <= self.key.profile.max_cred_blob_length
 
     def _large_blob_key_input(self, extensions: dict, rk: bool) -> bool:
         """largeBlobKey (§12.3): only `true`, only for a discoverable credential."""

@@ -220,6 +220,10 @@ def test_cred_blob_stored_and_returned(key):
     assert got.auth_data.extensions == {"credBlob": blob}
     too_long = make_rk(key, b"other", extensions={"credBlob": os.urandom(33)})
     assert too_long.auth_data.extensions == {"credBlob": False}
+    empty = make_rk(key, b"third", extensions={"credBlob": b""})
+    assert empty.auth_data.extensions == {"credBlob": True}  # an empty blob fits
+    got = assertion(key, empty.auth_data.credential_data.credential_id, extensions={"credBlob": True})
+    assert got.auth_data.extensions == {"credBlob": b""}
 
 
 def test_large_blob_key_for_discoverable_credentials(key):
