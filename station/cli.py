@@ -253,7 +253,7 @@ def devices(as_json: bool) -> None:
 @_virtual_transport_option
 @fail_cleanly
 def reset(spec: str, yes: bool, virtual_transport: str) -> None:
-    """Factory-reset an authenticator (within 10 s of plugging it in, with a touch)."""
+    """Factory-reset an authenticator (within 5 s of plugging it in for a YubiKey, with a touch)."""
     from station.console import err_console
     from station.provision.reset import reset_device
 
