@@ -36,7 +36,7 @@ from station.protocol.messages import (
     PinResponse,
 )
 from station.provision.credential import CredentialMaker, MadeCredential
-from station.provision.genuine import TrustStore, verify_genuine
+from station.provision.genuine import TrustStore, admit, verify_genuine
 from station.provision.pin import Pin, draw_pin, force_pin_change, set_pin
 
 #: Names of the steps reported to `on_step`, in order (the daemon journals them).
@@ -83,9 +83,11 @@ def open_item(
     return OpenedItem(pin_request, pin_request_jwe, creds)
 
 
-def preflight(device: Device, item: OpenedItem, *, now: datetime) -> None:
+def preflight(device: Device, item: OpenedItem, *, now: datetime, trust: TrustStore | None = None) -> None:
     """Everything the item asks, checked before the key is written to (PROTOCOL.md §2, §5)."""
     info = device.info
+    if trust is not None:
+        admit(info, trust)  # the model is catalogued, not revoked, and has an anchor (counterfeit guard)
     if "clientPin" not in info.options:
         raise DeviceUnsupported("the key has no PIN support (clientPin)")
     if not info.options.get("rk"):
@@ -178,7 +180,7 @@ def provision_item(
     if replayed:
         raise InvalidRequest(f"request {replayed[0]} was already fulfilled")
     step("opened", {"request_ids": request_ids})
-    preflight(device, item, now=now)
+    preflight(device, item, now=now, trust=trust)
     step("preflight", {"aaguid": str(device.aaguid), "serial": device.identity.serial})
 
     pin = draw_pin(item.pin_request.length)
