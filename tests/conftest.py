@@ -221,3 +221,11 @@ def check_fido2_roundtrip() -> Callable[[dict], None]:
         assert second.response.authenticator_data.counter > first.response.authenticator_data.counter
 
     return check
+
+
+# ---------------------------------------------------------------- trust store (station.trust)
+@pytest.fixture(autouse=True)
+def _private_trust_store(tmp_path_factory, monkeypatch):
+    """Each test's default trust store (under $XDG_DATA_HOME) is its own empty folder, never the
+    developer's ~/.local/share/fido-station/trust."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
