@@ -114,7 +114,7 @@ def verify_blob(raw: bytes, root: x509.Certificate, *, name: str, now: dt.dateti
         payload = parse_blob(raw, root_der)
     except (InvalidAttestation, InvalidSignature) as exc:
         where = "its signing chain does not lead to" if _chain_breaks(chain, root) else "its signature does not verify under"
-        raise TrustError(f"{name}: {where} the MDS root {common_name(root)} (SHA-256 {fingerprint(root)[:16]}…): "
+        raise TrustError(f"{name}: {where} the MDS root {root.subject.rfc4514_string()} (SHA-256 {fingerprint(root)[:16]}…): "
                          "a forged or damaged BLOB, or the wrong --mds-root; nothing was imported") from exc
     except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as exc:
         raise TrustError(f"{name}: not a FIDO MDS3 BLOB payload ({exc.__class__.__name__}); nothing was imported") from None
