@@ -172,3 +172,23 @@ def test_none_and_self_attestation_are_refused_saying_why_and_how(fmt, with_sig,
     with pytest.raises(StationError) as refused:
         verify_genuine(attestation, client_data_hash, info_aaguid=YUBIKEY_57, trust=TrustStore.default(trust_test_ca=True))
     assert needle in refused.value.message and "station trust add-root" in refused.value.message
+
+
+def test_station_fulfill_with_roots_warns_and_a_bad_folder_stops_it_before_any_key(tmp_path, keystore, order, make_key):
+    from click.testing import CliRunner
+
+    from station.cli import cli
+    from station.customer.orders import shipment_body
+
+    device = make_key()
+    device.close()
+    folder = tmp_path / "roots"
+    folder.mkdir()
+    shipment = write(tmp_path / "shipment.json", json.dumps(shipment_body([order("okta")])).encode())
+    result = CliRunner().invoke(cli, ["fulfill", str(shipment), "--keys", str(keystore.path), "--device",
+                                      f"virtual:{tmp_path}/key.json", "--out", str(tmp_path / "out.json"),
+                                      "--roots", str(folder)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "warning: --roots is deprecated" in result.output
+    assert result.output.strip().splitlines()[-1] == f"trust: the roots folder {folder} holds no certificate file"
+    assert not (tmp_path / "out.json").exists() and untouched(make_key(), make_key, "key.json")
