@@ -43,17 +43,21 @@ def common_name(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else cert.subject.rfc4514_string()
 
 
-def read_certificates(path: Path) -> list[x509.Certificate]:
-    """Every certificate of a PEM file; TrustError for DER, a key, garbage, or nothing."""
-    path = Path(path)
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a file of at most `limit` bytes; TrustError naming it otherwise."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_CERT_FILE + 1)
+            data = handle.read(limit + 1)
     except OSError as exc:
         raise TrustError(f"cannot read {path} ({exc.strerror or exc.__class__.__name__})") from None
-    if len(data) > MAX_CERT_FILE:
-        raise TrustError(f"{path} is larger than {MAX_CERT_FILE} bytes: not a certificate file")
-    return parse_pem(data, str(path))
+    if len(data) > limit:
+        raise TrustError(f"{path} is larger than {limit} bytes: not {what}")
+    return data
+
+
+def read_certificates(path: Path) -> list[x509.Certificate]:
+    """Every certificate of a PEM file; TrustError for DER, a key, garbage, or nothing."""
+    return parse_pem(read_bounded(Path(path), MAX_CERT_FILE, "a certificate file"), str(path))
 
 
 def parse_pem(data: bytes, name: str) -> list[x509.Certificate]:

@@ -8,12 +8,21 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from station.trust.certs import PINNED, anchor_kind, certificate_aaguid, common_name, fingerprint, read_certificates
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from station.trust.certs import (
+    PINNED,
+    anchor_kind,
+    certificate_aaguid,
+    common_name,
+    fingerprint,
+    read_bounded,
+    read_certificates,
+)
 from station.trust.errors import TrustError
 from station.trust.mds import MAX_BLOB, MdsBlob, shipped_mds_root, verify_blob
-from station.trust.policy import MDS, OPERATOR, Trust
-from station.trust.store import AnchorRecord, Index, MdsRecord, ModelRecord, TrustDir, content_name
-from cryptography.hazmat.primitives.serialization import Encoding
+from station.trust.policy import MDS, Trust
+from station.trust.store import AnchorRecord, MdsRecord, ModelRecord, TrustDir, content_name
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 _CANONICAL = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -140,13 +149,7 @@ def import_mds(trust_dir: Path, blob_path: Path, mds_root: Path | None = None, *
     """Verify a downloaded BLOB against the FIDO MDS root (or `mds_root`) and store it. A BLOB
     whose `no` is lower than the stored one's is refused (an old BLOB may lack revocations)."""
     root = read_certificates(mds_root)[0] if mds_root is not None else shipped_mds_root()
-    try:
-        with open(blob_path, "rb") as handle:
-            raw = handle.read(MAX_BLOB + 1)
-    except OSError as exc:
-        raise TrustError(f"cannot read {blob_path} ({exc.strerror or exc.__class__.__name__})") from None
-    if len(raw) > MAX_BLOB:
-        raise TrustError(f"{blob_path} is larger than {MAX_BLOB} bytes: not an MDS BLOB")
+    raw = read_bounded(Path(blob_path), MAX_BLOB, "an MDS BLOB")
     blob = verify_blob(raw, root, name=str(blob_path), now=now)
     store = _store(trust_dir)
     index = store.index()
@@ -163,5 +166,3 @@ def import_mds(trust_dir: Path, blob_path: Path, mds_root: Path | None = None, *
 def _store(trust_dir: Path) -> TrustDir:
     return TrustDir(trust_dir)
 
-
-__all__ = ["add_model", "add_root", "import_mds", "parse_aaguid", "remove", "Index", "OPERATOR"]
