@@ -100,8 +100,11 @@ class MdsBlob:
         return None
 
 
-def verify_blob(raw: bytes, root: x509.Certificate, *, name: str, now: dt.datetime | None = None) -> MdsBlob:
-    """python-fido2's parse_blob against `root`, plus validity dates; TrustError on any failure."""
+def verify_blob(raw: bytes, root: x509.Certificate, *, name: str, now: dt.datetime | None = None,
+                check_dates: bool = True) -> MdsBlob:
+    """python-fido2's parse_blob against `root`, plus validity dates; TrustError on any failure.
+    A stored BLOB is verified again on every load without the dates (`check_dates=False`): its
+    age is the doctor's nextUpdate warning, not a reason for the station not to start."""
     now = now or dt.datetime.now(dt.timezone.utc)
     raw = raw.strip()
     header = _header(raw, name)
@@ -118,7 +121,7 @@ def verify_blob(raw: bytes, root: x509.Certificate, *, name: str, now: dt.dateti
                          "a forged or damaged BLOB, or the wrong --mds-root; nothing was imported") from exc
     except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as exc:
         raise TrustError(f"{name}: not a FIDO MDS3 BLOB payload ({exc.__class__.__name__}); nothing was imported") from None
-    for cert in [*chain, root]:
+    for cert in [*chain, root] if check_dates else []:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise TrustError(f"{name}: the signing certificate {common_name(cert)} is valid only "
                              f"{cert.not_valid_before_utc:%Y-%m-%d}..{cert.not_valid_after_utc:%Y-%m-%d}; nothing was imported")

@@ -104,7 +104,8 @@ class Trust:
             index = store.index()
             if index.mds is not None:
                 root = parse_pem(store.read(index.mds.root_file), index.mds.root_file)[0]
-                blob = verify_blob(store.read(index.mds.file), root, name=str(store.path / index.mds.file))
+                blob = verify_blob(store.read(index.mds.file), root, name=str(store.path / index.mds.file),
+                                   check_dates=False)
         trust = cls(models=models, anchors=anchors, intermediates=list(shipped_intermediates()), mds=blob,
                     index=index, trust_dir=trust_dir)
         if blob is not None:

@@ -155,3 +155,15 @@ def test_the_shipped_mds_root_is_globalsign_root_ca_r3():
     certificate = shipped_mds_root()
     assert certificate.subject.rfc4514_string() == "CN=GlobalSign,O=GlobalSign,OU=GlobalSign Root CA - R3"
     assert fingerprint(certificate) == "cbb522d7b7f127ad6a0113865bdf1cd4102e7d0759af635a7cf4720dc963c53b"
+
+
+def test_a_stored_blob_is_verified_again_on_every_load(station, store, mds, mds_root_pem, tmp_path):
+    assert import_blob(station, tmp_path, mds.blob([mds_entry(CRESCENDO_4000, [root("R")[0]])]), mds_root_pem).exit_code == 0
+    stored = next(store.glob("mds-*.jwt"))
+    head, payload, signature = stored.read_bytes().split(b".")
+    other = mds.blob([mds_entry(CRESCENDO_4000, [root("Swapped")[0]])]).split(b".")[1]
+    stored.write_bytes(b".".join([head, other, signature]))
+    with pytest.raises(Exception) as refused:
+        Trust.default(trust_dir=store)
+    assert refused.value.code == "trust" and "signature does not verify" in refused.value.message
+    one_line_error(station("show", str(CRESCENDO_4000)), "signature does not verify")
