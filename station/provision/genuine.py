@@ -44,8 +44,14 @@ _ACCEPT_HOW = ("this station ships only keys whose attestation certificate chain
 
 
 def admit(info: Info, trust: Trust) -> None:
-    """The pre-write check: DeviceError (key untouched) unless getInfo's AAGUID can be verified."""
-    trust.admit(uuid.UUID(bytes=bytes(info.aaguid)))
+    """The pre-write check: DeviceError (key untouched) unless getInfo's AAGUID can be verified
+    and the key can attest with something other than "none" (CTAP 2.2 getInfo attestationFormats,
+    0x16; python-fido2 reads a key that omits it as ["packed"])."""
+    model = trust.admit(uuid.UUID(bytes=bytes(info.aaguid)))
+    formats = set(getattr(info, "attestation_formats", None) or ["packed"])
+    if not formats - {"none"}:
+        raise DeviceError(f"cannot verify this key: {model.name} attests only with \"none\" (getInfo "
+                          f"attestationFormats); this key was not written to: set it aside. {_ACCEPT_HOW}")
 
 
 def verify_genuine(

@@ -192,3 +192,15 @@ def test_station_fulfill_with_roots_warns_and_a_bad_folder_stops_it_before_any_k
     assert "warning: --roots is deprecated" in result.output
     assert result.output.strip().splitlines()[-1] == f"trust: the roots folder {folder} holds no certificate file"
     assert not (tmp_path / "out.json").exists() and untouched(make_key(), make_key, "key.json")
+
+
+def test_a_key_that_attests_only_with_none_is_refused_before_the_first_write():
+    from types import SimpleNamespace
+
+    from station.provision.genuine import admit
+
+    trust = TrustStore.default()
+    admit(SimpleNamespace(aaguid=YUBIKEY_57.bytes, attestation_formats=["packed", "none"]), trust)
+    with pytest.raises(StationError) as refused:
+        admit(SimpleNamespace(aaguid=YUBIKEY_57.bytes, attestation_formats=["none"]), trust)
+    assert refused.value.code == "device_error" and 'attests only with "none"' in refused.value.message
