@@ -397,18 +397,21 @@ def tokens_create(db_url: str | None, role: str, name: str) -> None:
 @click.option("--token", help="The station token (better: $STATION_RUN_TOKEN).")
 @click.option("--device", help="The device SPEC the station uses: decides whether USB or PC/SC checks count.")
 @click.option("--trust", "trust_dir", type=click.Path(file_okay=False, path_type=Path), help="The trust store folder.")
+@click.option("--attached-keys", is_flag=True,
+              help="Open each attached key to check its model has a trust anchor (not while station run programs keys).")
 @click.option("--user", help="Check hidraw access for this account (the service account) instead of yours.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
 @click.pass_context
 @fail_cleanly
 def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, service: str | None,
-           token: str | None, device: str | None, trust_dir: Path | None, user: str | None, as_json: bool) -> None:
+           token: str | None, device: str | None, trust_dir: Path | None, attached_keys: bool, user: str | None,
+           as_json: bool) -> None:
     """Check this machine for everything a station needs; exit 0 only if every check passes."""
     from station.console import out_console
-    from station.doctor import as_json as doctor_json, attached_keys, diagnose, healthy, print_table
+    from station.doctor import as_json as doctor_json, diagnose, healthy, list_attached_keys, print_table
 
     checks = diagnose(given_options(ctx, "keys_dir", "service", "token", "device", "trust_dir"), config_file, user=user,
-                      list_keys=attached_keys)
+                      list_keys=list_attached_keys if attached_keys else None)
     if as_json:
         _echo_json(doctor_json(checks))
     else:

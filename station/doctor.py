@@ -476,16 +476,17 @@ def trust_checks(target: Target, list_keys=None) -> list[Check]:
     return [Check(r.name, r.ok, r.detail, r.fix, required=r.required, warn=r.warn) for r in rows]
 
 
-def attached_keys(device: str) -> list[tuple[str, uuid.UUID]] | None:
+def list_attached_keys(device: str) -> list[tuple[str, uuid.UUID]] | None:
     """(label, AAGUID) of each attached key the device SPEC covers; None for virtual: keys."""
-    from station.device.discovery import list_devices
+    from station.device.discovery import TRANSPORT_HID, TRANSPORT_PCSC, list_devices
 
     kind = device.partition(":")[0]
-    if kind == "virtual":
+    wanted = {"auto": (TRANSPORT_HID, TRANSPORT_PCSC), "hid": (TRANSPORT_HID,), "pcsc": (TRANSPORT_PCSC,)}.get(kind)
+    if wanted is None:  # not a device spec: the configuration row already says so
         return None
-    found = list_devices(include_pcsc=kind in ("auto", "pcsc"))
+    found = list_devices(include_pcsc=TRANSPORT_PCSC in wanted)
     try:
-        return [(d.label, d.aaguid) for d in found if kind == "auto" or d.transport.startswith(kind[:3])]
+        return [(d.label, d.aaguid) for d in found if d.transport in wanted]
     finally:
         for d in found:
             d.close()

@@ -76,7 +76,8 @@ def test_ca_row(*, trust_test_ca: bool, device: str) -> Row:
 def attached_row(trust: Trust | None, keys: list[tuple[str, uuid.UUID]] | None) -> Row:
     """Every attached key (label, AAGUID from getInfo) that would be refused before the first write."""
     if keys is None:
-        return Row("key anchors", True, "not checked for this device spec (virtual: keys are anchored by the TEST CA)")
+        return Row("key anchors", True, "not checked: `station doctor --attached-keys` opens each attached key "
+                   "(not while station run programs keys; virtual: keys are anchored by the TEST CA)")
     if trust is None:
         return Row("key anchors", False, "the trust store cannot be read", "see the trust store row")
     if not keys:

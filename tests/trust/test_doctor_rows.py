@@ -68,3 +68,27 @@ def test_a_store_others_can_read_fails_with_chmod(store):
     os.chmod(store, 0o755)
     check = rows(store)["trust store"]
     assert not check.ok and "chmod 0700" in check.fix
+
+
+def test_attached_keys_are_listed_through_python_fido2s_enumeration(virtual_hid_bus):
+    from station.doctor import list_attached_keys
+
+    virtual_hid_bus.plug_new("yubikey-5-nfc-5.7")
+    virtual_hid_bus.plug_new("crescendo-key")
+    found = list_attached_keys("hid")
+    assert sorted(str(a) for _label, a in found) == sorted([str(YUBIKEY_57), "692db549-7ae5-44d5-a1e5-dd20a493b723"])
+    assert list_attached_keys("virtual:k.json") is None
+
+
+def test_station_doctor_opens_keys_only_when_asked(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from station.cli import cli
+
+    for extra in ([], ["--attached-keys"]):
+        result = CliRunner().invoke(cli, ["doctor", "--json", "--device", "virtual:x.json", "--trust", str(tmp_path / "t"),
+                                          *extra])
+        row = next(c for c in json.loads(result.output)["checks"] if c["name"] == "key anchors")
+        assert row["ok"] and row["detail"].startswith("not checked")
