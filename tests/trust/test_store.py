@@ -218,3 +218,17 @@ def test_the_store_location_comes_from_the_run_settings(station, tmp_path, monke
     monkeypatch.delenv("STATION_RUN_TRUST_DIR")
     result = station("list", "--config", str(config), trust=False)
     assert str(tmp_path / "from-file") in result.output
+
+
+def test_list_and_show_read_as_a_technician_would(station, pico_model, tmp_path):
+    att, _ = self_signed_attestation()
+    station("add-root", str(write(tmp_path / "pico.pem", pem(att))), "--aaguid", str(pico_model))
+    listed = station("list").output.splitlines()
+    assert listed[0].endswith("1 operator anchor(s), 1 operator model(s); no MDS BLOB imported")
+    rows = [line.split() for line in listed[2:] if not line.startswith((" ", "operator models"))]
+    assert {r[1] for r in rows} == {"shipped", "operator"}
+    assert any(r[1] == "operator" and r[2] == "pinned" and r[4] == str(pico_model) for r in rows)
+    assert f"  {pico_model}  Pico Key (pico-fido)" in listed
+    shown = station("show", str(pico_model)).output
+    assert "model     Pico Key (pico-fido, from operator)" in shown and "pinned" in shown
+    assert "verdict   admitted" in shown
