@@ -300,23 +300,28 @@ def reset(spec: str, yes: bool, virtual_transport: str) -> None:
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--profile", help="With virtual:FOLDER/: the profile of the fresh key made per item.")
 @click.option("--roots", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="A folder of extra attestation roots (PEM) for models whose anchors are not public.")
+              help="Deprecated: a folder of roots for operator models; use `station trust add-root`.")
+@click.option("--trust", "trust_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The trust store folder (default: STATION_RUN_TRUST_DIR, else ~/.local/share/fido-station/trust).")
 @click.option("--trust-test-ca", is_flag=True, help="Trust the virtual authenticator's TEST CA (testing only; implied by virtual: devices).")
 @_virtual_transport_option
 @fail_cleanly
 def fulfill(shipment_file: Path, keys_dir: Path, spec: str, out_file: Path, profile: str | None,
-            roots: Path | None, trust_test_ca: bool, virtual_transport: str) -> None:
+            roots: Path | None, trust_dir: Path | None, trust_test_ca: bool, virtual_transport: str) -> None:
     """Program one key per item of a shipment body and write the product_data (exit 1 if any item failed)."""
+    from station.config import trust_dir_setting
     from station.provision.shipment import fulfill_files
 
+    _warn_roots_deprecated(roots)
     ok = fulfill_files(shipment_file=shipment_file, keys_dir=keys_dir, spec=spec, out_file=out_file,
-                       profile=profile, roots=roots, trust_test_ca=trust_test_ca, virtual_transport=virtual_transport)
+                       profile=profile, roots=roots, trust_test_ca=trust_test_ca, virtual_transport=virtual_transport,
+                       trust_dir=trust_dir_setting(trust_dir))
     sys.exit(0 if ok else 1)
 
 
 # ---------------------------------------------------------------- station daemon (run)
 RUN_OPTIONS = ("service", "token", "device", "keys_dir", "journal_dir", "slots", "once", "until_empty",
-               "lease_seconds", "heartbeat_seconds", "profile", "roots", "trust_test_ca", "as_json", "virtual_transport")
+               "lease_seconds", "heartbeat_seconds", "profile", "roots", "trust_test_ca", "as_json", "virtual_transport", "trust_dir")
 
 
 @cli.command()
@@ -335,7 +340,9 @@ RUN_OPTIONS = ("service", "token", "device", "keys_dir", "journal_dir", "slots",
 @click.option("--heartbeat-seconds", type=float, help="Lease extension period (default a quarter of the lease).")
 @click.option("--profile", help="With virtual:FOLDER/: the profile of the fresh key made per item.")
 @click.option("--roots", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="A folder of extra attestation roots (PEM).")
+              help="Deprecated: a folder of roots for operator models; use `station trust add-root`.")
+@click.option("--trust", "trust_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The trust store folder (station trust; default ~/.local/share/fido-station/trust).")
 @click.option("--trust-test-ca", is_flag=True, default=None, help="Trust the TEST CA (testing only; implied by virtual: devices).")
 @click.option("--json", "as_json", is_flag=True, default=None, help="Machine-readable event lines on stdout.")
 @click.option("--virtual-transport", type=click.Choice(["direct", "hid", "pcsc"]),
@@ -356,7 +363,9 @@ def run(ctx: click.Context, config_file: Path | None, **_options) -> None:
         until_empty=settings.until_empty, lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_every, profile=settings.profile,
         virtual_transport=settings.virtual_transport, trust_test_ca=settings.trust_test_ca, roots=settings.roots,
+        trust_dir=settings.trust_dir,
     )
+    _warn_roots_deprecated(settings.roots)
     with run_events(as_json=settings.as_json, slots=settings.slots) as on_event:
         run_station(opts, on_event=on_event)
 
@@ -470,17 +479,22 @@ _register_security(cli, tokens, _DB_OPTION, fail_cleanly)
 @click.option("--service", help="The fulfillment service URL.")
 @click.option("--token", help="The station token (better: $STATION_RUN_TOKEN).")
 @click.option("--device", help="The device SPEC the station uses: decides whether USB or PC/SC checks count.")
+@click.option("--trust", "trust_dir", type=click.Path(file_okay=False, path_type=Path), help="The trust store folder.")
+@click.option("--attached-keys", is_flag=True,
+              help="Open each attached key to check its model has a trust anchor (not while station run programs keys).")
 @click.option("--user", help="Check hidraw access for this account (the service account) instead of yours.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
 @click.pass_context
 @fail_cleanly
 def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, service: str | None,
-           token: str | None, device: str | None, user: str | None, as_json: bool) -> None:
+           token: str | None, device: str | None, trust_dir: Path | None, attached_keys: bool, user: str | None,
+           as_json: bool) -> None:
     """Check this machine for everything a station needs; exit 0 only if every check passes."""
     from station.console import out_console
-    from station.doctor import as_json as doctor_json, diagnose, healthy, print_table
+    from station.doctor import as_json as doctor_json, diagnose, healthy, list_attached_keys, print_table
 
-    checks = diagnose(given_options(ctx, "keys_dir", "service", "token", "device"), config_file, user=user)
+    checks = diagnose(given_options(ctx, "keys_dir", "service", "token", "device", "trust_dir"), config_file, user=user,
+                      list_keys=list_attached_keys if attached_keys else None)
     if as_json:
         _echo_json(doctor_json(checks))
     else:
@@ -543,6 +557,19 @@ def bench(as_json: bool, db_url: str | None, quick: bool) -> None:
         click.echo(json.dumps(results, indent=2, default=str))
     else:
         print_bench(results)
+
+
+# ---------------------------------------------------------------- trust (the counterfeit guard's store)
+from station.cli_trust import trust as _trust_group  # noqa: E402
+
+cli.add_command(_trust_group)
+
+
+def _warn_roots_deprecated(roots: Path | None) -> None:
+    if roots is not None:
+        click.echo(f"warning: --roots is deprecated: the roots in {roots} vouch only for models added with "
+                   "`station trust add-model`; move them into the trust store (station trust add-root PEM --aaguid UUID)",
+                   err=True)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Every option of the two commands has a setting of the same name (the long option with `-` as
 `_`, e.g. `--trust-test-ca` → `trust_test_ca`; except `--keys` → `keys_dir`, `--db` → `db_url`,
-`--journal` → `journal_dir`, `--lease` → `lease_seconds`, `--json` → `as_json`). A setting's value comes from the first of these sources that has it:
+`--journal` → `journal_dir`, `--lease` → `lease_seconds`, `--json` → `as_json`, `--trust` → `trust_dir`). A setting's value comes from the first of these sources that has it:
 
 1. the command line: an option the user actually gave (not a click default);
 2. the environment: `STATION_RUN_<NAME>` for `station run`, `STATION_SERVE_<NAME>` for
@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Setting
 from station.errors import StationError
 from station.fulfillment.models import MAX_LEASE_SECONDS
 from station.fulfillment.store import DEFAULT_RETENTION_SECONDS
+from station.trust.store import default_trust_dir
 
 CONFIG_ENV = "STATION_CONFIG"
 SYSTEM_CONFIG_FILE = Path("/etc/fido-station/station.toml")
@@ -70,7 +71,8 @@ class RunSettings(_Settings):
     profile: str | None = Field(None, description="With virtual:FOLDER/: the profile of each fresh key.")
     virtual_transport: Literal["direct", "hid", "pcsc"] = "direct"
     trust_test_ca: bool = Field(False, description="Trust the virtual keys' TEST CA (testing only).")
-    roots: Path | None = Field(None, description="A folder of extra attestation roots (PEM).")
+    roots: Path | None = Field(None, description="Deprecated: a folder of roots for operator models (use station trust add-root).")
+    trust_dir: Path = Field(default_factory=default_trust_dir, description="The trust store folder (station trust).")
     as_json: bool = Field(False, description="Machine-readable event lines instead of the live table.")
 
     @property
@@ -147,6 +149,12 @@ def load_serve_settings(
     return _load(ServeSettings, cli_values, config_file, require)
 
 
+def trust_dir_setting(cli_value: Path | None, config_file: Path | None = None) -> Path:
+    """The trust store folder `station run` would use: `--trust`, STATION_RUN_TRUST_DIR, `trust_dir`
+    in [run], else the default under the user's data folder (station.trust.store)."""
+    return load_run_settings({"trust_dir": cli_value} if cli_value is not None else {}, config_file).trust_dir
+
+
 def config_path(config_file: Path | None = None) -> Path | None:
     """The TOML file in force: `config_file`, else $STATION_CONFIG, else the system file if it exists."""
     if config_file is not None:
@@ -163,7 +171,7 @@ Layer = dict[str, tuple[Any, str]]
 
 #: options whose name is not the setting's name with dashes
 _OPTION_NAMES = {"keys_dir": "--keys", "db_url": "--db", "as_json": "--json", "journal_dir": "--journal",
-                 "lease_seconds": "--lease", "jwks_file": "--jwks"}
+                 "lease_seconds": "--lease", "jwks_file": "--jwks", "trust_dir": "--trust"}
 
 
 def option_name(setting: str) -> str:

@@ -26,6 +26,7 @@ import os
 import pwd
 import re
 import stat
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ class Check:
     fix: str = ""
     #: False when the configured device does not need this (shown, but never fails the doctor)
     required: bool = True
+    #: a warning: shown in yellow when not ok, but never fails the doctor (an old MDS BLOB)
+    warn: bool = False
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -435,10 +438,13 @@ class Target:
     keys_dir: Path | None = None
     service: str | None = None
     token: str | None = None
+    trust_dir: Path | None = None  # None: the default trust store (station.trust.store)
+    trust_test_ca: bool = False
 
 
 def run_checks(target: Target, *, transport: httpx.BaseTransport | None = None,
-               list_readers: Callable[[], list[str]] = pyscard_readers) -> list[Check]:
+               list_readers: Callable[[], list[str]] = pyscard_readers,
+               list_keys: Callable[[str], list[tuple[str, uuid.UUID]] | None] | None = None) -> list[Check]:
     """Every check, in the order a technician mends them."""
     user = target.user or _current_user()
     access = (lambda p: os.access(p, os.R_OK | os.W_OK)) if target.user is None else None
@@ -455,6 +461,7 @@ def run_checks(target: Target, *, transport: httpx.BaseTransport | None = None,
         check_key_store(target.keys_dir),
         check_service_keys(target.service, target.keys_dir, transport),
         check_service_token(target.service, target.token, transport),
+        *trust_checks(target, list_keys),
     ]
 
 
@@ -483,9 +490,37 @@ def check_service_private_keys(config_file: Path | None = None) -> Check:
     )
 
 
+# ------------------------------------------------------------------------------- trust (station.trust.health)
+def trust_checks(target: Target, list_keys=None) -> list[Check]:
+    """The trust store, the MDS BLOB's age, TEST CA trust, attached keys without an anchor."""
+    from station.trust.health import trust_rows
+    from station.trust.store import default_trust_dir
+
+    rows = trust_rows(target.trust_dir or default_trust_dir(), trust_test_ca=target.trust_test_ca,
+                      device=target.device, list_keys=list_keys)
+    return [Check(r.name, r.ok, r.detail, r.fix, required=r.required, warn=r.warn) for r in rows]
+
+
+def list_attached_keys(device: str) -> list[tuple[str, uuid.UUID]] | None:
+    """(label, AAGUID) of each attached key the device SPEC covers; None for virtual: keys."""
+    from station.device.discovery import TRANSPORT_HID, TRANSPORT_PCSC, list_devices
+
+    kind = device.partition(":")[0]
+    wanted = {"auto": (TRANSPORT_HID, TRANSPORT_PCSC), "hid": (TRANSPORT_HID,), "pcsc": (TRANSPORT_PCSC,)}.get(kind)
+    if wanted is None:  # not a device spec: the configuration row already says so
+        return None
+    found = list_devices(include_pcsc=TRANSPORT_PCSC in wanted)
+    try:
+        return [(d.label, d.aaguid) for d in found if d.transport in wanted]
+    finally:
+        for d in found:
+            d.close()
+
+
 def diagnose(cli_values: dict, config_file: Path | None = None, *, user: str | None = None,
              root: Path = Path("/"), transport: httpx.BaseTransport | None = None,
-             list_readers: Callable[[], list[str]] = pyscard_readers) -> list[Check]:
+             list_readers: Callable[[], list[str]] = pyscard_readers,
+             list_keys: Callable[[str], list[tuple[str, uuid.UUID]] | None] | None = None) -> list[Check]:
     """`station doctor`: the configuration `station run` would use, then every check with it.
 
     `cli_values` are the `station run` settings given as doctor options (keys_dir, service,
@@ -504,8 +539,9 @@ def diagnose(cli_values: dict, config_file: Path | None = None, *, user: str | N
         values = settings.model_dump()
         values["token"] = settings.token.get_secret_value() if settings.token else None
     target = Target(root=root, user=user, device=values.get("device") or "auto",
-                    keys_dir=values.get("keys_dir"), service=values.get("service"), token=values.get("token"))
-    return [config, *run_checks(target, transport=transport, list_readers=list_readers),
+                    keys_dir=values.get("keys_dir"), service=values.get("service"), token=values.get("token"),
+                    trust_dir=values.get("trust_dir"), trust_test_ca=bool(values.get("trust_test_ca")))
+    return [config, *run_checks(target, transport=transport, list_readers=list_readers, list_keys=list_keys),
             check_service_private_keys(config_file)]
 
 
@@ -522,7 +558,7 @@ def _needed(check: Check, required: bool) -> Check:
 
 def healthy(checks: list[Check]) -> bool:
     """True when every required check passed (the doctor's exit status 0)."""
-    return all(c.ok for c in checks if c.required)
+    return all(c.ok for c in checks if c.required and not c.warn)
 
 
 def as_json(checks: list[Check]) -> dict:
@@ -536,12 +572,14 @@ def print_table(checks: list[Check], console: Console) -> None:
     for column in ("check", "", "detail"):
         table.add_column(column, overflow="fold")
     for c in checks:
-        mark = "[green]ok[/]" if c.ok else ("[bold red]FAIL[/]" if c.required else "[yellow]not needed[/]")
+        mark = ("[green]ok[/]" if c.ok else "[yellow]WARN[/]" if c.warn
+                else "[bold red]FAIL[/]" if c.required else "[yellow]not needed[/]")
         table.add_row(c.name, mark, escape(c.detail))
     console.print(table)
     failed = [c for c in checks if not c.ok]
     for c in failed:
-        console.print(f"[bold red]fix {escape(c.name)}:[/]" if c.required else f"[yellow]fix {escape(c.name)} (not needed here):[/]")
+        console.print(f"[bold red]fix {escape(c.name)}:[/]" if c.required and not c.warn
+                      else f"[yellow]fix {escape(c.name)} ({'a warning' if c.warn else 'not needed here'}):[/]")
         console.print("  " + c.fix, markup=False, highlight=False, soft_wrap=True)
     if not failed:
         console.print("[green]Every check passed: this machine is ready to be a station.[/]")

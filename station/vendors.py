@@ -77,6 +77,11 @@ def _entries() -> dict[uuid.UUID, CatalogEntry]:
     }
 
 
+def catalogue() -> dict[uuid.UUID, CatalogEntry]:
+    """Every published AAGUID of the shipped catalogue, by AAGUID."""
+    return dict(_entries())
+
+
 def lookup(aaguid: bytes | str | uuid.UUID) -> CatalogEntry | None:
     """The catalogue entry of an AAGUID (16 bytes, UUID string or UUID), or None if unknown."""
     if isinstance(aaguid, bytes):

@@ -247,3 +247,11 @@ def virtual_hid_bus(tmp_path) -> Iterator[object]:
     with bus.installed():
         yield bus
     bus.close()
+
+
+# ---------------------------------------------------------------- trust store (station.trust)
+@pytest.fixture(autouse=True)
+def _private_trust_store(tmp_path_factory, monkeypatch):
+    """Each test's default trust store (under $XDG_DATA_HOME) is its own empty folder, never the
+    developer's ~/.local/share/fido-station/trust."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))

@@ -61,6 +61,7 @@ class RunOptions:
     virtual_transport: str = "direct"
     trust_test_ca: bool = False
     roots: Path | None = None
+    trust_dir: Path | None = None  # the operator's trust store (station.trust.store)
     #: passed to the virtual keys the station opens (presence policy, latency model): bench and tests
     virtual_options: dict = field(default_factory=dict)
 
@@ -155,7 +156,7 @@ class Station:
                  client: FulfillmentClient | None = None, pool: KeyPool | None = None) -> None:
         self.opts = opts
         self.keystore = KeyStore.open(opts.keys_dir)
-        self.trust = TrustStore.default(operator_roots=opts.roots,
+        self.trust = TrustStore.default(operator_roots=opts.roots, trust_dir=opts.trust_dir,
                                         trust_test_ca=opts.trust_test_ca or opts.spec.startswith("virtual:"))
         self.journal = Journal(opts.journal_dir)
         self.client = client or FulfillmentClient(opts.service, opts.token)

@@ -1,97 +1,57 @@
-"""The counterfeit guard (PROTOCOL.md §5): a key ships only if its attestation proves it genuine.
+"""The counterfeit guard (PROTOCOL.md §5): a key is written to only if its model can be verified,
+and ships only if every attestation it made proves it genuine.
 
-For every credential the key made:
-1. the attestation statement verifies (python-fido2's `Attestation` for its `fmt`: the signature
-   over authenticatorData ‖ clientDataHash by the certificate in x5c);
-2. the certificate chains (x5c, then published intermediates) to a trust anchor: the vendor's
-   published FIDO roots, roots an operator added, and — only when the station runs for testing —
-   the virtual authenticator's TEST CA;
-3. the AAGUID in the certificate (extension 1.3.6.1.4.1.45724.1.1.4) equals the authData's and the
-   getInfo's, and is a catalogued model of the vendor whose anchor the chain ended in.
+Before the first write (`admit`, from item.preflight): the AAGUID getInfo reports is catalogued
+(shipped, MDS BLOB, or an operator's model), carries no revoked or compromised MDS status, and
+has at least one anchor (station.trust.policy). A key failing this is refused untouched.
+
+After makeCredential, for every credential:
+1. `none` and self attestation are refused: they prove nothing about who made the key;
+2. the AAGUIDs agree: authData's equals getInfo's, and the attestation certificate's
+   id-fido-gen-ce-aaguid extension, when present, equals them (WebAuthn §8.2.1, packed: "If
+   attestnCert contains an extension with OID 1.3.6.1.4.1.45724.1.1.4 ... verify that the value
+   of this extension matches the aaguid in authenticatorData"; a certificate without it is fine);
+3. the attestation statement verifies (python-fido2's `Attestation` for its `fmt`);
+4. the certificate chains (x5c, then published intermediates) to an anchor scoped to this
+   AAGUID, every signature checked, and no MDS status condemns a certificate of the chain.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding
-from fido2.attestation import Attestation, InvalidData, UnsupportedType, verify_x509_chain
+from fido2.attestation import Attestation, UnsupportedType
+from fido2.attestation.base import InvalidAttestation
+from fido2.ctap2 import Info
 from fido2.webauthn import AttestationObject
 
-from station.vendors import (
-    HID_GLOBAL,
-    YUBICO,
-    load_operator_roots,
-    lookup,
-    vendor_intermediates,
-    vendor_roots,
-)
 from station.errors import DeviceError
+from station.trust.certs import AAGUID_EXTENSION, certificate_aaguid
+from station.trust.policy import NOT_GENUINE, TEST, Trust, test_ca_certificate
 
-#: id-fido-gen-ce-aaguid (FIDO Authenticator Metadata; WebAuthn §8.2.1)
-AAGUID_EXTENSION = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
-TEST_ANCHOR = "TEST"
-OPERATOR_ANCHOR = "operator"
-NOT_GENUINE = "not genuine: set this key aside, do not ship it"
+#: The name the station's flow uses for the trust model (station.trust.policy.Trust).
+TrustStore = Trust
+TEST_ANCHOR = TEST
 
+__all__ = ["AAGUID_EXTENSION", "NOT_GENUINE", "TrustStore", "admit", "certificate_aaguid", "test_ca_certificate",
+           "verify_genuine"]
 
-def test_ca_certificate() -> x509.Certificate:
-    """The virtual authenticator's TEST root (fixtures/testca), never trusted by default."""
-    pem = (resources.files("station") / "data" / "testca" / "ca.pem").read_bytes()
-    return x509.load_pem_x509_certificate(pem)
-
-
-@dataclass
-class TrustStore:
-    """Trust anchors by name: a vendor, "operator" (added roots), or "TEST" (the test CA)."""
-
-    anchors: dict[str, list[x509.Certificate]] = field(default_factory=dict)
-    intermediates: list[x509.Certificate] = field(default_factory=list)
-
-    @classmethod
-    def default(cls, *, operator_roots: Path | None = None, trust_test_ca: bool = False) -> TrustStore:
-        anchors = {vendor: list(vendor_roots(vendor)) for vendor in (YUBICO, HID_GLOBAL)}
-        if operator_roots is not None:
-            anchors[OPERATOR_ANCHOR] = load_operator_roots(operator_roots)
-        if trust_test_ca:
-            anchors[TEST_ANCHOR] = [test_ca_certificate()]
-        intermediates = [c for v in (YUBICO, HID_GLOBAL) for c in vendor_intermediates(v)]
-        return cls(anchors=anchors, intermediates=intermediates)
-
-    def build_chain(self, x5c: list[x509.Certificate]) -> tuple[str, list[x509.Certificate]]:
-        """Extend x5c with published intermediates up to an anchor; the anchor's name and the
-        whole chain (leaf first, anchor last). An x5c already ending in an anchor is accepted."""
-        chain = list(x5c)
-        for _ in range(4):  # attestation chains are short; bound the walk
-            last = chain[-1]
-            for name, certs in self.anchors.items():
-                for anchor in certs:
-                    if last == anchor and len(chain) > 1:
-                        return name, chain
-                    if last.issuer == anchor.subject and last != anchor:
-                        return name, chain + [anchor]
-            step = next((c for c in self.intermediates if c.subject == last.issuer and c not in chain), None)
-            if step is None:
-                break
-            chain.append(step)
-        raise DeviceError(f"{NOT_GENUINE} (its attestation certificate chains to no trusted root)")
+_ACCEPT_HOW = ("this station ships only keys whose attestation certificate chains to an anchor: if the model can "
+               "attest with a certificate (pico-fido has a self-signed one), pin that certificate for its AAGUID "
+               "(station trust add-root CERT.pem --aaguid AAGUID)")
 
 
-def certificate_aaguid(cert: x509.Certificate) -> uuid.UUID | None:
-    try:
-        ext = cert.extensions.get_extension_for_oid(AAGUID_EXTENSION)
-    except x509.ExtensionNotFound:
-        return None
-    value = ext.value.value  # UnrecognizedExtension: the DER of the extnValue
-    # extnValue is an OCTET STRING holding the 16 bytes: 04 10 <aaguid>
-    if len(value) == 18 and value[:2] == b"\x04\x10":
-        return uuid.UUID(bytes=value[2:])
-    return None
+def admit(info: Info, trust: Trust) -> None:
+    """The pre-write check: DeviceError (key untouched) unless getInfo's AAGUID can be verified
+    and the key can attest with something other than "none" (CTAP 2.2 getInfo attestationFormats,
+    0x16; python-fido2 reads a key that omits it as ["packed"])."""
+    model = trust.admit(uuid.UUID(bytes=bytes(info.aaguid)))
+    formats = set(getattr(info, "attestation_formats", None) or ["packed"])
+    if not formats - {"none"}:
+        raise DeviceError(f"cannot verify this key: {model.name} attests only with \"none\" (getInfo "
+                          f"attestationFormats); this key was not written to: set it aside. {_ACCEPT_HOW}")
 
 
 def verify_genuine(
@@ -99,34 +59,34 @@ def verify_genuine(
     client_data_hash: bytes,
     *,
     info_aaguid: uuid.UUID,
-    trust: TrustStore,
+    trust: Trust,
 ) -> str:
     """Raise DeviceError("not genuine …") unless the attestation proves a genuine, catalogued key;
-    return the name of the anchor the chain ended in."""
+    return the id of the anchor the chain ended in."""
     att = AttestationObject(attestation_object)
+    if att.fmt == "none":
+        raise DeviceError(f"{NOT_GENUINE} (attestation \"none\": the key did not say who made it; {_ACCEPT_HOW})")
     auth_aaguid = uuid.UUID(bytes=bytes(att.auth_data.credential_data.aaguid))
+    if auth_aaguid != info_aaguid:
+        raise DeviceError(f"{NOT_GENUINE} (AAGUID mismatch: authData {auth_aaguid}, getInfo {info_aaguid})")
     x5c_der = att.att_stmt.get("x5c") or []
     if not x5c_der:
-        raise DeviceError(f"{NOT_GENUINE} (self or no attestation: no certificate to check)")
-    cert_aaguid = certificate_aaguid(x509.load_der_x509_certificate(x5c_der[0]))
-    if cert_aaguid is None or not cert_aaguid == auth_aaguid == info_aaguid:
-        raise DeviceError(
-            f"{NOT_GENUINE} (AAGUID mismatch: certificate {cert_aaguid}, authData {auth_aaguid}, getInfo {info_aaguid})"
-        )
+        raise DeviceError(f"{NOT_GENUINE} (self attestation: signed by the new credential's own key, it proves "
+                          f"only that the key holds that credential, not who made it; {_ACCEPT_HOW})")
+    try:
+        cert_aaguid = certificate_aaguid(x509.load_der_x509_certificate(x5c_der[0]))
+    except ValueError:
+        raise DeviceError(f"{NOT_GENUINE} (its attestation certificate does not parse, or its AAGUID extension is malformed)") from None
+    if cert_aaguid is not None and cert_aaguid != auth_aaguid:
+        raise DeviceError(f"{NOT_GENUINE} (AAGUID mismatch: certificate {cert_aaguid}, authData {auth_aaguid})")
     try:
         result = Attestation.for_type(att.fmt)().verify(att.att_stmt, att.auth_data, client_data_hash)
-    except (InvalidData, UnsupportedType, InvalidSignature, ValueError) as exc:
+    except (InvalidAttestation, UnsupportedType, InvalidSignature, ValueError) as exc:
         raise DeviceError(f"{NOT_GENUINE} (its {att.fmt} attestation does not verify)") from exc
+    trust.admit(auth_aaguid)  # catalogued, not revoked, has an anchor (as before the first write)
     x5c = [x509.load_der_x509_certificate(der) for der in result.trust_path]
-    anchor_name, chain = trust.build_chain(x5c)
-    try:
-        verify_x509_chain([c.public_bytes(Encoding.DER) for c in chain])
-    except (InvalidSignature, ValueError) as exc:
-        raise DeviceError(f"{NOT_GENUINE} (its certificate chain does not verify)") from exc
-
-    entry = lookup(cert_aaguid)
-    if entry is None:
-        raise DeviceError(f"{NOT_GENUINE} (AAGUID {cert_aaguid} is no catalogued model)")
-    if anchor_name not in (TEST_ANCHOR, OPERATOR_ANCHOR, entry.vendor):
-        raise DeviceError(f"{NOT_GENUINE} (a {entry.vendor} AAGUID under a {anchor_name} root)")
-    return anchor_name
+    anchor, chain = trust.build_chain(x5c, auth_aaguid)
+    status = trust.refusal(auth_aaguid, chain)
+    if status:
+        raise DeviceError(f"{NOT_GENUINE} (the FIDO Metadata Service reports {status} for a certificate of its chain)")
+    return anchor.id

@@ -36,7 +36,7 @@ from station.protocol.messages import (
     PinResponse,
 )
 from station.provision.credential import CredentialMaker, MadeCredential
-from station.provision.genuine import TrustStore, verify_genuine
+from station.provision.genuine import TrustStore, admit, verify_genuine
 from station.provision.limits import check_item_limits
 from station.provision.pin import Pin, draw_pin, force_pin_change, set_pin
 
@@ -84,9 +84,11 @@ def open_item(
     return OpenedItem(pin_request, pin_request_jwe, creds)
 
 
-def preflight(device: Device, item: OpenedItem, *, now: datetime) -> None:
+def preflight(device: Device, item: OpenedItem, *, now: datetime, trust: TrustStore | None = None) -> None:
     """Everything the item asks, checked before the key is written to (PROTOCOL.md §2, §5)."""
     info = device.info
+    if trust is not None:
+        admit(info, trust)  # the model is catalogued, not revoked, and has an anchor (counterfeit guard)
     check_item_limits(max_msg_size=info.max_msg_size, max_cred_id_length=info.max_cred_id_length,
                       requests=[req for req, _ in item.credential_requests])
     if "clientPin" not in info.options:
@@ -182,7 +184,7 @@ def provision_item(
     if replayed:
         raise InvalidRequest(f"request {replayed[0]} was already fulfilled")
     step("opened", {"request_ids": request_ids})
-    preflight(device, item, now=now)
+    preflight(device, item, now=now, trust=trust)
     step("preflight", {"aaguid": str(device.aaguid), "serial": device.identity.serial})
 
     pin = draw_pin(item.pin_request.length)

@@ -174,6 +174,7 @@ def fulfill_files(
     profile: str | None = None,
     roots: Path | None = None,
     trust_test_ca: bool = False,
+    trust_dir: Path | None = None,
     virtual_transport: str = "direct",
 ) -> bool:
     """`station fulfill`: read the shipment body, program the keys, write OUT atomically.
@@ -199,7 +200,7 @@ def fulfill_files(
         raise InvalidRequest(f"{shipment_file}: {describe_validation_error(exc)}") from None
     keystore = KeyStore.open(keys_dir)
     testing = trust_test_ca or spec.startswith("virtual:")
-    trust = TrustStore.default(operator_roots=roots, trust_test_ca=testing)
+    trust = TrustStore.default(operator_roots=roots, trust_test_ca=testing, trust_dir=trust_dir)
     devices = spec_source(spec, profile=profile, virtual_transport=virtual_transport)
     result = fulfill_shipment(shipment, devices=devices, keystore=keystore, trust=trust, on_touch=touch_prompt)
     for report in result.reports:
