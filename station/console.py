@@ -11,8 +11,18 @@ from rich.table import Table
 
 from station.device.discovery import Device
 
-err_console = Console(stderr=True, highlight=False)
+#: Messages are never folded at 80 columns when stderr is a log or a pipe (soft wrap: the
+#: terminal, if any, wraps them).
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False)
+
+
+def print_table(table, console: Console | None = None) -> None:
+    """A table on stdout: at the terminal's width on a terminal; in a pipe or a file at its
+    natural width, so no cell is folded into 80 columns (rich's default for a file)."""
+    if console is None:
+        console = out_console if out_console.is_terminal else Console(highlight=False, width=10_000)
+    console.print(table)
 
 
 def touch_prompt(device: Device) -> None:
@@ -38,7 +48,7 @@ def print_devices(devices: list[Device], *, as_json: bool) -> None:
         json.dump([d.as_json() for d in devices], sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif devices:
-        out_console.print(devices_table(devices))
+        print_table(devices_table(devices))
     else:
         out_console.print("No authenticator attached. Insert a key (USB) or place a card on a PC/SC reader.")
 
@@ -126,7 +136,7 @@ def run_demo_live(opts, *, show_pins: bool) -> bool:
                       f"programmed over {opts.transport}, verified, then used to sign in.")
     with Live(console=err_console, refresh_per_second=8, transient=True) as live:
         result = run_demo(opts, on_update=lambda rows: live.update(demo_table(rows)))
-    out_console.print(demo_table(result.rows, title=f"Pre-registered keys ({len(result.rows)} in {result.seconds:.1f} s)"))
+    print_table(demo_table(result.rows, title=f"Pre-registered keys ({len(result.rows)} in {result.seconds:.1f} s)"))
     if show_pins:
         print_mailed_pins(result.rows)
     for r in result.rows:
@@ -196,10 +206,7 @@ def bench_table(results: dict):
 def print_bench(results: dict, console: Console | None = None) -> None:
     """`station bench`: the table, the same on a terminal and in a pipe. A pipe gets no 80-column
     wrapping (rich's default width for a file): the table is printed at its natural width."""
-    table = bench_table(results)
-    if console is None:
-        console = out_console if out_console.is_terminal else Console(highlight=False, width=10_000)
-    console.print(table)
+    print_table(bench_table(results), console)
 
 
 class SlotBoard:
