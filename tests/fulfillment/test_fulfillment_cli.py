@@ -110,3 +110,35 @@ def test_pgbench_rate_on_the_same_server(pg_cluster):
         leftovers = conn.exec_driver_sql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pgbench_%%'").scalar()
     store.close()
     assert leftovers == 0
+
+
+def test_bench_queue_reports_claim_latency_percentiles(tmp_path):
+    result = bench_queue(f"sqlite:///{tmp_path}/bench.db", clients=2, seconds=0.5, prefill=200)
+    assert 0 < result["claim_ms_p50"] <= result["claim_ms_p99"]
+
+
+def test_percentile_is_nearest_rank():
+    from station.fulfillment.bench import _percentile
+
+    samples = [float(n) for n in range(1, 101)]
+    assert (_percentile(samples, 0.5), _percentile(samples, 0.99), _percentile(samples, 1.0)) == (50.0, 99.0, 100.0)
+    assert _percentile([], 0.5) == 0.0
+
+
+@pytest.mark.postgres
+def test_pgbench_comparison_is_a_median_of_alternating_runs(pg_cluster):
+    from station.fulfillment.bench import compare_with_pgbench
+
+    made = []
+
+    def database_for(run: int) -> str:
+        made.append(run)
+        return pg_cluster.create_database(f"cmp_{run}")
+
+    result = compare_with_pgbench(database_for, pg_cluster.database_url("postgres"), clients=2, seconds=0.5, runs=3)
+    assert made == [0, 1, 2] and len(result["pairs"]) == 3
+    ratios = sorted(pair["ratio"] for pair in result["pairs"])
+    assert result["median_ratio"] == ratios[1]
+    assert (result["min_ratio"], result["max_ratio"]) == (ratios[0], ratios[-1])
+    for pair in result["pairs"]:
+        assert pair["ratio"] == round(pair["queue"]["claim_submit_per_s"] / pair["pgbench"]["tps"], 3)
