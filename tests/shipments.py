@@ -7,7 +7,7 @@ from station.protocol.jose import open_response
 
 def check_fulfilled(customer, shipment_id, items):
     shipment = customer.get_shipment(shipment_id).model_dump(mode="json")
-    assert shipment["shipment_state"]["shipment_state_id"] == 103
+    assert shipment["shipment_state"]["shipment_state_id"] == 102  # programmed
     serials = set()
     for view, sealed in zip(shipment["shipment_items"], items):
         product = view["product_data"][0]

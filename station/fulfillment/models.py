@@ -31,9 +31,10 @@ class _Body(BaseModel):
 
 
 class ShipmentStateBody(_Body):
-    """`shipment_state`: 100 received, 101 in fulfillment, 103 fulfilled, 8 processing error."""
+    """`shipment_state`: one of PROTOCOL.md §4's state ids (100 received, 101 locked, 102
+    programmed, 103 shipped, 104 delivered, or an error state 1, 6, 7, 8, 9, 99, 105, 106)."""
 
-    shipment_state_id: Literal[100, 101, 103, 8]
+    shipment_state_id: Literal[100, 101, 102, 103, 104, 1, 6, 7, 8, 9, 99, 105, 106]
 
 
 class ShipmentCreated(_Body):

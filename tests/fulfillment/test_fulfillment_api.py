@@ -242,11 +242,11 @@ def test_the_round_trip_through_the_station_api(customer, station, shipment_body
     assert [i.product_data[0].model_dump() for i in got.shipment_items] == [PRODUCT_DATA, ITEM_ERROR]
 
 
-def test_a_fulfilled_shipment_is_103(customer, station, shipment_body):
+def test_a_fulfilled_shipment_is_102_programmed(customer, station, shipment_body):
     created = customer.post_shipment(shipment_body())
     station.submit(station.claim().item_id, product_data=PRODUCT_DATA)
     got = customer.get_shipment(created.shipment_id)
-    assert got.shipment_state.shipment_state_id == 103
+    assert got.shipment_state.shipment_state_id == 102
     assert got.shipment_items[0].product_data[0].fido_pin_response == PRODUCT_DATA["fido_pin_response"]
 
 
@@ -323,7 +323,7 @@ def test_the_service_purges_read_shipments(start_service, shipment_body):
     station = FulfillmentClient(service.url, service.token(Role.STATION, "s"))
     created = customer.post_shipment(shipment_body())
     station.submit(station.claim().item_id, product_data=PRODUCT_DATA)
-    assert customer.get_shipment(created.shipment_id).shipment_state.shipment_state_id == 103
+    assert customer.get_shipment(created.shipment_id).shipment_state.shipment_state_id == 102
     deadline = time.monotonic() + 5
     while True:
         try:
