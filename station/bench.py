@@ -175,7 +175,8 @@ def _station_wall(slots: int, items: int, latency) -> float:
                            "user": {"id": "dXNlcg", "name": "u", "displayName": "U"},
                            "challenge": "Y2hhbGxlbmdlY2hhbGxlbmdl", "pubKeyCredParams": [{"type": "public-key", "alg": -7}]}
                 items_ = [seal_item(transport_jwks=jwks, options=[options, options]) for _ in range(items)]
-                customer.post_shipment(shipment_body(items_))
+                for item in items_:  # one key per shipment (PROTOCOL.md §4)
+                    customer.post_shipment(shipment_body([item]))
                 customer.close()
                 opts = RunOptions(service=service.url, token=store.create_token(Role.STATION, "bench"),
                                   spec=f"virtual:{folder}/vkeys/", keys_dir=keystore.path,

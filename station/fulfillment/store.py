@@ -711,7 +711,7 @@ class Store:
             )
         return row, [r.id for r in states]
 
-    def update_shipment(self, owner: str, shipment_id: str, changes: dict[str, Any], *,
+    def update_shipment(self, owner: str | None, shipment_id: str, changes: dict[str, Any], *,
                         actor: Principal | None = None, now: float | None = None) -> Shipment:
         """Replace the given envelope members (recipient, mailing_address, delivery_type) of a
         shipment still in state 100 (Conflict `shipment_locked` after)."""
@@ -726,9 +726,11 @@ class Store:
             if item_ids:
                 self._audit(conn, now, AuditEvent.EDITED, item_ids[0], shipment_id,
                             token_id=actor.id if actor else None, outcome=",".join(sorted(changes)))
+        if owner is None:
+            return self.shipment_for_operator(shipment_id)
         return self.get_shipment(owner, shipment_id, now=now)
 
-    def delete_shipment(self, owner: str, shipment_id: str, *, actor: Principal | None = None,
+    def delete_shipment(self, owner: str | None, shipment_id: str, *, actor: Principal | None = None,
                         now: float | None = None) -> None:
         """Purge a shipment still in state 100, its request JWEs included; it then answers 404.
         Its request digests stay, so the same JWEs are still refused as replays."""
