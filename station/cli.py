@@ -361,14 +361,38 @@ def tokens() -> None:
 
 @tokens.command("create")
 @_DB_OPTION
-@click.option("--role", required=True, type=click.Choice(["customer", "station"]))
-@click.option("--name", required=True, help="The customer (its shipments) or the station (the audit).")
+@click.option("--role", required=True, type=click.Choice(["customer", "station", "operator"]))
+@click.option("--name", required=True, help="The customer (its shipments), the station or the operator (the audit).")
 @fail_cleanly
 def tokens_create(db_url: str | None, role: str, name: str) -> None:
     """Print a new bearer token (only its hash is stored: keep it now)."""
     from station.fulfillment.store import create_token
 
     click.echo(create_token(db_url, role, name))
+
+
+# ---------------------------------------------------------------- shipments (the operator's moves)
+@cli.command()
+@click.argument("shipment_id")
+@click.option("--tracking", required=True, help="The carrier's tracking number (the customer reads it).")
+@_DB_OPTION
+@fail_cleanly
+def ship(shipment_id: str, tracking: str, db_url: str | None) -> None:
+    """Mark a programmed shipment (102) shipped (103) with its tracking number."""
+    from station.fulfillment.store import ShipmentState, set_shipment_state
+
+    click.echo(set_shipment_state(db_url, shipment_id, ShipmentState.SHIPPED, tracking_number=tracking))
+
+
+@cli.command()
+@click.argument("shipment_id")
+@_DB_OPTION
+@fail_cleanly
+def delivered(shipment_id: str, db_url: str | None) -> None:
+    """Mark a shipped shipment (103) delivered (104); its responses stay readable."""
+    from station.fulfillment.store import ShipmentState, set_shipment_state
+
+    click.echo(set_shipment_state(db_url, shipment_id, ShipmentState.DELIVERED))
 
 
 # ---------------------------------------------------------------- doctor (machine readiness)

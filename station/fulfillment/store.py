@@ -22,6 +22,7 @@ import enum
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 import uuid
@@ -226,6 +227,9 @@ ERROR_STATES = frozenset({ShipmentState.INCOMPLETE_REQUEST, ShipmentState.INCOMP
                           ShipmentState.DELIVERY_EXCEPTION})
 #: the states whose responses a customer may read (PROTOCOL.md §4)
 READABLE_STATES = frozenset({ShipmentState.PROGRAMMED, ShipmentState.SHIPPED, ShipmentState.DELIVERED})
+
+#: a carrier's tracking number as the service keeps it
+TRACKING_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,63}")
 
 #: what an operator may set, and from which states (`Store.set_state`). The error states of
 #: before shipping stop an unprogrammed item too (it fails as `invalid_request`).
@@ -754,6 +758,8 @@ class Store:
             raise InvalidRequest(f"an operator cannot set state {int(target)} ({target.meaning})")
         if target is ShipmentState.SHIPPED and not (tracking_number or "").strip():
             raise InvalidRequest("a shipped shipment needs its tracking number")
+        if tracking_number is not None and not TRACKING_NUMBER.fullmatch(tracking_number.strip()):
+            raise InvalidRequest("a tracking number is 1 to 64 letters, digits, spaces or dashes")
         with self._tx() as conn:
             row = conn.execute(select(shipments).where(shipments.c.id == shipment_id).with_for_update()).first()
             if row is None:
@@ -1151,6 +1157,23 @@ def _shipment_state_column():
         (c.started > 0, int(ShipmentState.IN_FULFILLMENT)),
         else_=int(ShipmentState.RECEIVED),
     )
+
+
+def set_shipment_state(url: str | None, shipment_id: str, state: ShipmentState, *,
+                       tracking_number: str | None = None) -> str:
+    """`station ship` and `station delivered`: an operator's move in the store at `url`; the line
+    to print."""
+    try:
+        uuid.UUID(shipment_id)
+    except ValueError:
+        raise UsageError(f"{shipment_id!r} is not a shipment id (a UUID)") from None
+    store = Store.open(url)
+    try:
+        shipment = store.set_state(shipment_id, state, tracking_number=tracking_number)
+    finally:
+        store.close()
+    line = f"shipment {shipment.id}: {int(shipment.state)} {shipment.state.meaning}"
+    return line + (f", tracking {shipment.tracking_number}" if shipment.state is ShipmentState.SHIPPED else "")
 
 
 def create_token(url: str | None, role: Role | str, name: str) -> str:
