@@ -240,7 +240,7 @@ def test_the_connector_speaks_to_the_real_fulfillment_service(tenant, factory, l
         claimed = station.claim()
         product, _ = factory.program(claimed.fido_pin_request, claimed.fido_credential_requests)
         station.submit(claimed.item_id, product_data=product, serial_number=product["serial_number"])
-        assert shipment.wait_fulfilled(timeout=10)["shipment_state"]["shipment_state_id"] == 103
+        assert shipment.wait_fulfilled(timeout=10)["shipment_state"]["shipment_state_id"] == 102  # programmed
         [result] = shipment.register()
     assert result.ok, result.error_message
     assert len(tenant.credentials(KIM)) == 1
