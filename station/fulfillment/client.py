@@ -98,6 +98,10 @@ class FulfillmentClient:
         data = self._call("POST", f"/v1/station/items/{item_id}/submit", body)
         return ItemStateView.model_validate(data)
 
+    def report_status(self, report: dict[str, Any]) -> None:
+        """`POST /v1/station/status`: this station's slots, for the operator (status.py)."""
+        self._call("POST", "/v1/station/status", report)
+
     def release(self, item_id: int) -> ItemStateView:
         """Give back an untouched item."""
         return ItemStateView.model_validate(self._call("POST", f"/v1/station/items/{item_id}/release"))
