@@ -328,8 +328,9 @@ def add_console(app: FastAPI) -> None:
             current = await run_in_threadpool(store.shipment_for_operator, shipment_id)
             from station.fulfillment.api import patch_changes
 
-            changes = patch_changes(current.envelope, patch)
-            await run_in_threadpool(lambda: store.update_shipment(None, shipment_id, changes, actor=operator))
+            changes = {k: v for k, v in patch_changes(current.envelope, patch).items() if current.envelope.get(k) != v}
+            if changes:
+                await run_in_threadpool(lambda: store.update_shipment(None, shipment_id, changes, actor=operator))
         except ValidationError as exc:
             return await _shipment_page(request, session, shipment_id, error=_fields_message(exc), status=400)
         except StationError as exc:
