@@ -61,6 +61,7 @@ from station.errors import InvalidRequest, UsageError
 from station.fulfillment.errors import Conflict, NotFound, ServiceUnavailable
 from station.fulfillment.migrations import latest_version, migrate
 from station.protocol.jose import request_digest
+from station.protocol.states import ERROR_STATES, READABLE_STATES, ShipmentState  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = latest_version()
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
@@ -169,64 +170,15 @@ class ItemState(str, enum.Enum):
         return self in (ItemState.FULFILLED, ItemState.FAILED)
 
 
-class ShipmentState(enum.IntEnum):
-    """`shipment_state_id` of PROTOCOL.md §4 (YubiEnterprise's numbering where it has one)."""
+def derive_state(states: Sequence[ItemState]) -> ShipmentState:
+    """A shipment's state from its items (before any operator's move): every item finished →
+    102 (8 if one failed); any item claimed or finished → 101; otherwise 100."""
+    if states and all(s.finished for s in states):
+        return ShipmentState.PROCESSING_ERROR if ItemState.FAILED in states else ShipmentState.PROGRAMMED
+    if any(s is not ItemState.QUEUED for s in states):
+        return ShipmentState.IN_FULFILLMENT
+    return ShipmentState.RECEIVED
 
-    RECEIVED = 100
-    IN_FULFILLMENT = 101
-    PROGRAMMED = 102
-    SHIPPED = 103
-    DELIVERED = 104
-    INCOMPLETE_REQUEST = 1
-    INCOMPLETE = 6
-    ADDRESS_UNDELIVERABLE = 7
-    PROCESSING_ERROR = 8
-    DENIED_PARTY = 9
-    SHIPPING_ERROR = 99
-    LOST = 105
-    DELIVERY_EXCEPTION = 106
-
-    @property
-    def meaning(self) -> str:
-        return _STATE_MEANINGS[self]
-
-    @property
-    def is_error(self) -> bool:
-        return self in ERROR_STATES
-
-    @classmethod
-    def of(cls, states: Sequence[ItemState]) -> ShipmentState:
-        """Derive a shipment's state from its items: every item finished → 102 (8 if one
-        failed); any item claimed or finished → 101; otherwise 100."""
-        if states and all(s.finished for s in states):
-            return cls.PROCESSING_ERROR if ItemState.FAILED in states else cls.PROGRAMMED
-        if any(s is not ItemState.QUEUED for s in states):
-            return cls.IN_FULFILLMENT
-        return cls.RECEIVED
-
-
-_STATE_MEANINGS = {
-    ShipmentState.RECEIVED: "received; editable and deletable",
-    ShipmentState.IN_FULFILLMENT: "locked for processing: a station holds the item",
-    ShipmentState.PROGRAMMED: "programmed: responses readable, key not yet shipped",
-    ShipmentState.SHIPPED: "shipped",
-    ShipmentState.DELIVERED: "delivered",
-    ShipmentState.INCOMPLETE_REQUEST: "incomplete shipping request",
-    ShipmentState.INCOMPLETE: "incomplete",
-    ShipmentState.ADDRESS_UNDELIVERABLE: "address undeliverable",
-    ShipmentState.PROCESSING_ERROR: "processing error: the item failed (see its error_code)",
-    ShipmentState.DENIED_PARTY: "denied-party list match",
-    ShipmentState.SHIPPING_ERROR: "shipping error",
-    ShipmentState.LOST: "lost or missing",
-    ShipmentState.DELIVERY_EXCEPTION: "delivery exception",
-}
-
-ERROR_STATES = frozenset({ShipmentState.INCOMPLETE_REQUEST, ShipmentState.INCOMPLETE,
-                          ShipmentState.ADDRESS_UNDELIVERABLE, ShipmentState.PROCESSING_ERROR,
-                          ShipmentState.DENIED_PARTY, ShipmentState.SHIPPING_ERROR, ShipmentState.LOST,
-                          ShipmentState.DELIVERY_EXCEPTION})
-#: the states whose responses a customer may read (PROTOCOL.md §4)
-READABLE_STATES = frozenset({ShipmentState.PROGRAMMED, ShipmentState.SHIPPED, ShipmentState.DELIVERED})
 
 #: a carrier's tracking number as the service keeps it
 TRACKING_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,63}")
@@ -310,7 +262,7 @@ class Shipment:
     def state(self) -> ShipmentState:
         if self.state_override is not None:
             return ShipmentState(self.state_override)
-        return ShipmentState.of([item.state for item in self.items])
+        return derive_state([item.state for item in self.items])
 
 
 @dataclass(frozen=True)
@@ -638,30 +590,16 @@ class Store:
                 )
                 .values(read_at=now)
             )
-            rows = conn.execute(
-                select(items.c.id, items.c.position, items.c.descriptor, items.c.state, items.c.result)
-                .where(items.c.shipment_id == shipment_id)
-                .order_by(items.c.position)
-            ).all()
-        return Shipment(
-            id=row.id,
-            owner=row.owner,
-            envelope=json.loads(row.envelope),
-            created=row.created,
-            state_override=row.state_override,
-            tracking_number=row.tracking_number,
-            updated=row.updated,
-            items=[
-                ItemView(
-                    id=r.id,
-                    position=r.position,
-                    descriptor=json.loads(r.descriptor),
-                    state=ItemState(r.state),
-                    result=None if r.result is None else json.loads(r.result),
-                )
-                for r in rows
-            ],
-        )
+            rows = self._item_rows(conn, shipment_id)
+        return _shipment(row, rows, lambda result: None if result is None else json.loads(result))
+
+    @staticmethod
+    def _item_rows(conn: Connection, shipment_id: str):
+        return conn.execute(
+            select(items.c.id, items.c.position, items.c.descriptor, items.c.state, items.c.result)
+            .where(items.c.shipment_id == shipment_id)
+            .order_by(items.c.position)
+        ).all()
 
     def list_shipments(self, owner: str | None, *, limit: int = 100, offset: int = 0,
                        state: int | None = None, q: str | None = None) -> ShipmentPage:
@@ -706,7 +644,7 @@ class Store:
             .order_by(items.c.position).with_for_update()
         ).all()
         state = (ShipmentState(row.state_override) if row.state_override is not None
-                 else ShipmentState.of([ItemState(r.state) for r in states]))
+                 else derive_state([ItemState(r.state) for r in states]))
         if state is not ShipmentState.RECEIVED:
             raise Conflict(
                 f"shipment {shipment_id} is in state {int(state)} ({state.meaning}): it can no longer be "
@@ -769,7 +707,7 @@ class Store:
                 .order_by(items.c.position).with_for_update()
             ).all()
             current = (ShipmentState(row.state_override) if row.state_override is not None
-                       else ShipmentState.of([ItemState(r.state) for r in item_rows]))
+                       else derive_state([ItemState(r.state) for r in item_rows]))
             if current not in allowed:
                 raise Conflict(
                     f"shipment {shipment_id} is {int(current)} ({current.meaning}): state {int(target)} "
@@ -799,16 +737,8 @@ class Store:
             row = conn.execute(select(shipments).where(shipments.c.id == shipment_id)).first()
             if row is None:
                 raise NotFound(f"no shipment {shipment_id}")
-            rows = conn.execute(
-                select(items.c.id, items.c.position, items.c.descriptor, items.c.state, items.c.result)
-                .where(items.c.shipment_id == shipment_id).order_by(items.c.position)
-            ).all()
-        return Shipment(
-            id=row.id, owner=row.owner, envelope=json.loads(row.envelope), created=row.created,
-            state_override=row.state_override, tracking_number=row.tracking_number, updated=row.updated,
-            items=[ItemView(id=r.id, position=r.position, descriptor=json.loads(r.descriptor),
-                            state=ItemState(r.state), result=_without_jwes(r.result)) for r in rows],
-        )
+            rows = self._item_rows(conn, shipment_id)
+        return _shipment(row, rows, _without_jwes)
 
     def shipment_audit(self, shipment_id: str) -> list[AuditRecord]:
         """The audit records of one shipment, oldest first."""
@@ -1112,6 +1042,16 @@ class Store:
         return {state.value: 0 for state in ItemState} | {r[0]: r[1] for r in rows}
 
 
+def _shipment(row, item_rows, result: Any) -> Shipment:
+    """A Shipment from its row and its items' rows; `result` reads each stored result."""
+    return Shipment(
+        id=row.id, owner=row.owner, envelope=json.loads(row.envelope), created=row.created,
+        state_override=row.state_override, tracking_number=row.tracking_number, updated=row.updated,
+        items=[ItemView(id=r.id, position=r.position, descriptor=json.loads(r.descriptor),
+                        state=ItemState(r.state), result=result(r.result)) for r in item_rows],
+    )
+
+
 def _audit_record(r) -> AuditRecord:
     return AuditRecord(r.at, AuditEvent(r.event), r.item_id, r.shipment_id, r.station, r.serial_number, r.outcome)
 
@@ -1148,7 +1088,7 @@ def _with_item_counts():
 
 
 def _shipment_state_column():
-    """ShipmentState.of in SQL (with the operator's override first), for filters and counts."""
+    """derive_state in SQL (with the operator's override first), for filters and counts."""
     c = _ITEM_COUNTS.c
     return case(
         (shipments.c.state_override.is_not(None), shipments.c.state_override),
