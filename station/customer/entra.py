@@ -250,7 +250,7 @@ class EntraShipment:
     shipment: dict | None = field(default=None, repr=False)
 
     def wait_fulfilled(self, timeout: float, *, on_poll: Callable[[dict], None] | None = None) -> dict:
-        """Poll until the shipment is fulfilled (103) or has failed items (8). ShipmentTimeout."""
+        """Poll until the shipment is programmed (102, or shipped 103, delivered 104) or has failed items (8). ShipmentTimeout."""
         self.shipment = wait_shipment(
             self.connector.fulfillment,
             self.shipment_id,

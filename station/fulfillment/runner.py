@@ -362,7 +362,8 @@ def run_station(opts: RunOptions, *, on_event: Callable[[Event], None] | None = 
     reported to the service for the operator's console as they change (status.py)."""
     from station.fulfillment.status import StatusReporter
 
-    reporter = StatusReporter(FulfillmentClient(opts.service, opts.token), slots=opts.slots, on_event=on_event)
+    reporter = StatusReporter(FulfillmentClient(opts.service, opts.token, timeout=5.0), slots=opts.slots,
+                              on_event=on_event)
     station = Station(opts, on_event=reporter)
     reporter.start()
 
