@@ -44,11 +44,11 @@ WHAT_TO_DO = {
     "device_unsupported": "No key tried can do what the request asks (a forced PIN change, credProtect, "
                           "an algorithm): stock a model that can (CTAP 2.1), then ask the customer to post again.",
     "device_not_fresh": "The keys tried already held a PIN or credentials: reset them "
-                        "(`station reset --device SPEC --yes`) before they go back into the hub.",
+                        "(station reset --device SPEC --yes) before they go back into the hub.",
     "device_error": "Several keys failed while being programmed: check the hub or reader and the keys' "
                     "batch (a key that failed needs a reset before reuse); the customer posts again.",
     "user_presence_timeout": "Nobody touched the keys in time: check that the technician sees the touch "
-                             "prompts (`station run` on a terminal); the customer posts again.",
+                             "prompts (station run on a terminal); the customer posts again.",
 }
 
 
@@ -59,6 +59,17 @@ class _View(BaseModel):
 class StateView(_View):
     shipment_state_id: int
     meaning: str
+
+
+class AttemptView(_View):
+    """One station's go at an item: from its claim to its result or the loss of its lease."""
+
+    claimed_at: float
+    station: str | None
+    slot: int | None = None
+    serial_number: str | None = None
+    ended_at: float | None = None
+    outcome: str  # in_progress, fulfilled, failed: CODE, released, lease expired
 
 
 class ItemView(_View):
@@ -72,6 +83,7 @@ class ItemView(_View):
     error_code: str | None = None
     error_message: str | None = None
     attempts: int
+    attempt_history: list[AttemptView] = []
     what_to_do: str | None = None
 
 
@@ -187,8 +199,24 @@ def state_view(state: ShipmentState) -> StateView:
     return StateView(shipment_state_id=int(state), meaning=state.meaning)
 
 
-def _attempts(records: list[AuditRecord], item_id: int) -> int:
-    return sum(1 for r in records if r.item_id == item_id and r.event is AuditEvent.CLAIMED)
+def attempt_history(records: list[AuditRecord], item_id: int) -> list[AttemptView]:
+    """Each claim of `item_id` and how it ended, oldest first, from the audit trail."""
+    attempts: list[dict[str, Any]] = []
+    for r in records:
+        if r.item_id != item_id:
+            continue
+        if r.event is AuditEvent.CLAIMED:
+            attempts.append({"claimed_at": r.at, "station": r.station, "outcome": "in_progress"})
+        elif attempts and attempts[-1]["outcome"] == "in_progress":
+            current = attempts[-1]
+            if r.event is AuditEvent.ON_SLOT:
+                current.update(slot=_slot_of(r.outcome), serial_number=r.serial_number or current.get("serial_number"))
+                continue
+            ended = {AuditEvent.FULFILLED: "fulfilled", AuditEvent.FAILED: f"failed: {r.outcome}",
+                     AuditEvent.RELEASED: "released", AuditEvent.EXPIRED: "lease expired"}.get(r.event)
+            if ended:
+                current.update(outcome=ended, ended_at=r.at, serial_number=r.serial_number or current.get("serial_number"))
+    return [AttemptView(**a) for a in attempts]
 
 
 def _slot_of(outcome: str | None) -> int | None:
@@ -247,11 +275,13 @@ def operator_shipment(store: Store, shipment_id: str) -> OperatorShipment:
     for item in shipment.items:
         result = item.result or {}
         error = result.get("error_code")
+        history = attempt_history(records, item.id)
         items.append(ItemView(
             item_id=item.id, position=item.position, product_id=item.descriptor.get("product_id"),
             customization_id=item.descriptor.get("customization_id"), item_state=item.state.value,
             serial_number=result.get("serial_number"), firmware_version=result.get("firmware_version"),
-            error_code=error, error_message=result.get("error_message"), attempts=_attempts(records, item.id),
+            error_code=error, error_message=result.get("error_message"), attempts=len(history),
+            attempt_history=history,
             what_to_do=WHAT_TO_DO.get(error) if error else None,
         ))
     state = shipment.state

@@ -795,8 +795,8 @@ class Store:
     # -- station status (the daemon's own report of its slots) -----------------------------------
     def record_station_status(self, station: Principal, report: dict[str, Any], *,
                               now: float | None = None) -> None:
-        """Keep `station`'s latest report (its heartbeat); a slot newly holding an item is noted in
-        that item's audit trail (`on_slot`)."""
+        """Keep `station`'s latest report (its heartbeat); a slot newly holding an item this station
+        has claimed is noted in that item's audit trail (`on_slot`)."""
         now = _now(now)
         with self._tx() as conn:
             previous = conn.execute(
@@ -810,8 +810,10 @@ class Store:
                              .values(reported_at=now, report=_canonical(report)))
             held = [s for s in report.get("slots", []) if s.get("item") and (s.get("slot"), s.get("item")) not in before]
             if held:
-                known = dict(conn.execute(select(items.c.id, items.c.shipment_id)
-                                          .where(items.c.id.in_([s["item"] for s in held]))).all())
+                known = dict(conn.execute(  # only what this station holds: a report cannot mark another's
+                    select(items.c.id, items.c.shipment_id).where(
+                        items.c.id.in_([s["item"] for s in held]), items.c.lease_owner == station.id,
+                        items.c.state == ItemState.CLAIMED.value)).all())
                 for s in held:
                     if s["item"] in known:
                         self._audit(conn, now, AuditEvent.ON_SLOT, s["item"], known[s["item"]], station=station,

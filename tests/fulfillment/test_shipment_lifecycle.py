@@ -305,6 +305,8 @@ def test_the_operator_sees_every_tenant_and_never_a_jwe(api, shipment_body):
     view = api("GET", f"/v1/operator/shipments/{acme}", api.operator).json()
     assert view["items"][0]["serial_number"] == "23456789" and view["items"][0]["firmware_version"] == "5.7.1"
     assert view["items"][0]["attempts"] == 1 and view["items"][0]["item_id"] == item_id
+    [attempt] = view["items"][0]["attempt_history"]
+    assert (attempt["station"], attempt["outcome"], attempt["serial_number"]) == ("station-1", "fulfilled", "23456789")
     assert [e["event"] for e in view["timeline"]] == ["received", "claimed", "fulfilled"]
     assert "station-1" in view["timeline"][1]["detail"] and "firmware 5.7.1" in view["timeline"][2]["detail"]
     assert [s["shipment_state_id"] for s in view["next_states"]] == [103, 1, 6, 7, 9, 99]
@@ -329,7 +331,7 @@ def test_the_operator_sees_every_tenant_and_never_a_jwe(api, shipment_body):
         assert api("GET", path, api.station).status_code == 403
 
 
-def test_station_status_reports_show_slots_and_mark_the_timeline(api, shipment_body):
+def test_station_status_reports_show_slots_and_mark_the_timeline(api, service, shipment_body):
     shipment_id = api.post(shipment_body())
     with FulfillmentClient(api.url, api.station) as station:
         claimed = station.claim()
@@ -352,3 +354,26 @@ def test_station_status_reports_show_slots_and_mark_the_timeline(api, shipment_b
     timeline = api("GET", f"/v1/operator/shipments/{shipment_id}", api.operator).json()["timeline"]
     on_slot = [e for e in timeline if e["event"] == "on_slot"]
     assert len(on_slot) == 1 and on_slot[0]["slot"] == 1 and on_slot[0]["serial_number"] == "31415926"
+    # another station cannot mark an item it does not hold
+    other = service.token(Role.STATION, "station-2")
+    moved = {"slots": [{**report["slots"][0], "slot": 3}]}
+    assert api("POST", "/v1/station/status", other, json=moved).status_code == 204
+    timeline = api("GET", f"/v1/operator/shipments/{shipment_id}", api.operator).json()["timeline"]
+    assert [e["slot"] for e in timeline if e["event"] == "on_slot"] == [1]
+
+
+def test_attempt_history_follows_every_claim(api, service, shipment_body):
+    shipment_id = api.post(shipment_body())
+    with FulfillmentClient(api.url, api.station) as first, \
+            FulfillmentClient(api.url, service.token(Role.STATION, "station-2")) as second:
+        claimed = first.claim()
+        first.release(claimed.item_id)
+        claimed = second.claim()
+        second.submit(claimed.item_id, error={"error_code": "device_error", "error_message": "pulled"},
+                      serial_number="999")
+    view = api("GET", f"/v1/operator/shipments/{shipment_id}", api.operator).json()
+    [item] = view["items"]
+    assert item["attempts"] == 2 and item["error_code"] == "device_error" and "hub" in item["what_to_do"]
+    assert [(a["station"], a["outcome"], a.get("serial_number")) for a in item["attempt_history"]] == [
+        ("station-1", "released", None), ("station-2", "failed: device_error", "999")]
+    assert view["shipment_state"] == {"shipment_state_id": 8, "meaning": "processing error: the item failed (see its error_code)"}

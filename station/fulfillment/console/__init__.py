@@ -370,11 +370,15 @@ def add_console(app: FastAPI) -> None:
 
     # -- the floor ----------------------------------------------------------------------------
     @app.get(PREFIX + "/stations", include_in_schema=False)
-    async def stations(request: Request) -> Response:
+    async def stations(request: Request, refresh: int | None = None) -> Response:
+        """The floor; the page reloads itself every `refresh` seconds (0: paused)."""
         session, _ = await signed_in(request)
         floor = await run_in_threadpool(views.station_views, store_of(request))
+        every = STATIONS_REFRESH_SECONDS if refresh is None else max(0, min(refresh, 300))
+        if 0 < every < 2:
+            every = 2
         return page(request, "stations.html", {"title": "Stations", "stations": floor, "now": time.time(),
-                                               "refresh": STATIONS_REFRESH_SECONDS}, session=session)
+                                               "refresh": every}, session=session)
 
     @app.get(PREFIX + "/failed", include_in_schema=False)
     async def failed(request: Request) -> Response:
