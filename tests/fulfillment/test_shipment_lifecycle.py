@@ -377,3 +377,22 @@ def test_attempt_history_follows_every_claim(api, service, shipment_body):
     assert [(a["station"], a["outcome"], a.get("serial_number")) for a in item["attempt_history"]] == [
         ("station-1", "released", None), ("station-2", "failed: device_error", "999")]
     assert view["shipment_state"] == {"shipment_state_id": 8, "meaning": "processing error: the item failed (see its error_code)"}
+
+
+def test_the_client_lists_fixes_and_cancels(api, shipment_body):
+    from station.fulfillment.errors import Conflict, NotFound
+
+    with FulfillmentClient(api.url, api.customer) as customer:
+        keep, cancel = (customer.post_shipment(shipment_body()).shipment_id for _ in range(2))
+        assert [s.shipment_id for s in customer.list_shipments().shipments] == [cancel, keep]
+        fixed = customer.patch_shipment(keep, {"delivery_type": 2})
+        assert fixed.delivery_type == 2
+        customer.delete_shipment(cancel)
+        with pytest.raises(NotFound):
+            customer.get_shipment(cancel)
+        page = customer.list_shipments(state=100, q="ada", limit=10)
+        assert page.total == 1 and page.shipments[0].delivery_type == 2
+        api.program(keep)
+        with pytest.raises(Conflict) as locked:
+            customer.delete_shipment(keep)
+        assert locked.value.code == "shipment_locked"
