@@ -401,14 +401,18 @@ def _envelope(body: ShipmentRequest) -> dict[str, Any]:
 
 
 def known_query(*names: str) -> Any:
-    """A dependency refusing (400) any query parameter but `names`: a misspelt filter must not
-    silently list everything."""
+    """A dependency refusing (400) any query parameter but `names`, and any given twice: a
+    misspelt or repeated filter must not silently list something else."""
 
     def check(request: Request) -> None:
         unknown = sorted(set(request.query_params) - set(names))
         if unknown:
             raise BadRequest(f"unknown query parameter {unknown[0]!r}: this route takes {', '.join(names)}",
                              error_data=[{"loc": ["query", unknown[0]], "msg": "unknown", "type": "extra_forbidden"}])
+        repeated = sorted(n for n in set(request.query_params) if len(request.query_params.getlist(n)) > 1)
+        if repeated:
+            raise BadRequest(f"query parameter {repeated[0]!r} is given more than once",
+                             error_data=[{"loc": ["query", repeated[0]], "msg": "repeated", "type": "repeated"}])
 
     return Depends(check)
 

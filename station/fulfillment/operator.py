@@ -391,7 +391,7 @@ def add_operator_routes(app: FastAPI) -> None:
     @app.get("/v1/operator/audit", response_model=AuditPage, tags=["operator"],
              dependencies=[known_query("limit", "offset", "event")])
     def audit(_operator: Operator, request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0,
+              offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
               event: Annotated[str | None, Query(pattern="^(" + "|".join(e.value for e in AuditEvent) + ")$")] = None,
               ) -> AuditPage:
         """The audit trail, newest first (never a secret)."""

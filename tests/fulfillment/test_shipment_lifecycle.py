@@ -177,7 +177,8 @@ def test_listing_is_tenant_scoped_newest_first_with_state_and_q(api, shipment_bo
     assert ids_of(q="%") == [] and ids_of(q="_") == []  # LIKE wildcards match themselves only
     assert ids_of(limit=1) == [ids[2]] and ids_of(limit=1, offset=1) == [ids[1]]
     assert api("GET", "/v1/fpr/shipments", api.customer, params={"limit": 1}).json()["total"] == 3
-    for params in ({"limit": 101}, {"limit": 0}, {"offset": -1}, {"state": 5}, {"stat": 100}):
+    for params in ({"limit": 101}, {"limit": 0}, {"offset": -1}, {"offset": 2**31}, {"state": 5}, {"stat": 100},
+                   [("q", "ada"), ("q", "grace")]):
         refused(api("GET", "/v1/fpr/shipments", api.customer, params=params), 400, "invalid_request")
     assert api("GET", "/v1/fpr/shipments", api.other).json()["total"] == 1
 
@@ -324,6 +325,8 @@ def test_the_operator_sees_every_tenant_and_never_a_jwe(api, shipment_body):
     assert "station reset" in failed_view[0]["what_to_do"]
     tenants = {t["tenant"]: t for t in api("GET", "/v1/operator/tenants", api.operator).json()}
     assert tenants["acme"]["by_state"] == {"102": 1} and tenants["globex"]["by_state"] == {"8": 1}
+    for params in ({"offset": 2**70}, {"event": "nope"}, {"limit": 0}, [("event", "failed"), ("event", "claimed")]):
+        refused(api("GET", "/v1/operator/audit", api.operator, params=params), 400, "invalid_request")
     audit = api("GET", "/v1/operator/audit", api.operator, params={"event": "failed"}).json()
     assert audit["total"] == 1 and audit["records"][0]["outcome"] == "device_not_fresh"
     for path in ("/v1/operator/shipments", "/v1/operator/stations", "/v1/operator/audit"):
