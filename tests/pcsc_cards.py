@@ -23,12 +23,13 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def start_serve(statefile: Path, processes: list, presence: str = "approve") -> subprocess.Popen:
+def start_serve(statefile: Path, processes: list, presence: str = "approve", *, port: int = TEST_PORT,
+                fault: str | None = None) -> subprocess.Popen:
     """`station virtual serve` in a subprocess (registered in `processes` at once); returns once
     it said the card is inserted."""
     process = subprocess.Popen(
         [sys.executable, "-m", "station.cli", "virtual", "serve", str(statefile),
-         "--vpcd", f"127.0.0.1:{TEST_PORT}", "--presence", presence],
+         "--vpcd", f"127.0.0.1:{port}", "--presence", presence, *(["--fault", fault] if fault else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

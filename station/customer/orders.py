@@ -98,18 +98,21 @@ def seal_item(
     return SealedItem(pin_jwe, cred_jwes, response_key, pin_request["requestId"], cred_ids, list(options))
 
 
-def shipment_body(items: list[SealedItem], *, email: str = "jane.doe@example.com") -> dict:
-    """A `POST /v1/fpr/shipments` body (YubiEnterprise shape) with one shipment item per key."""
+def shipment_body(items: list[SealedItem | dict], *, email: str = "jane.doe@example.com",
+                  recipient: dict | None = None, address: dict | None = None) -> dict:
+    """A `POST /v1/fpr/shipments` body (YubiEnterprise shape) with one shipment item per key
+    (the service takes exactly one: PROTOCOL.md §4). An item is a SealedItem or its
+    `product_customizations` entry; `recipient` and `address` default to an example person."""
     return {
         "delivery_type": 1,
-        "recipient": {
+        "recipient": recipient or {
             "recipient_company": "Example Corp",
             "recipient_email": email,
             "recipient_firstname": "Jane",
             "recipient_lastname": "Doe",
             "recipient_telephone": "+1 555 0100",
         },
-        "mailing_address": {
+        "mailing_address": address or {
             "street_line1": "1 Example Way",
             "street_line2": "",
             "city": "Springfield",
@@ -123,7 +126,7 @@ def shipment_body(items: list[SealedItem], *, email: str = "jane.doe@example.com
                 "inventory_product_id": 18,
                 "product_quantity": 1,
                 "customization_id": "CUST01",
-                "product_customizations": [item.customization],
+                "product_customizations": [item.customization if isinstance(item, SealedItem) else item],
             }
             for item in items
         ],
