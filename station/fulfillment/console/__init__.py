@@ -317,56 +317,56 @@ def add_console(app: FastAPI) -> None:
         return page(request, "shipment.html", {"title": f"Shipment {view.shipment_id[:8]}", "s": view,
                                                "error": error}, status=status, session=session)
 
-    @app.post(PREFIX + "/shipments/{shipment_id}/edit", include_in_schema=False)
-    async def edit(request: Request, shipment_id: str) -> Response:
+    async def act(request: Request, shipment_id: str, action, *, done: str, then: str | None = None) -> Response:
+        """An operator's form on a shipment: checked (session, CSRF, Origin), then `action(form,
+        operator, shipment_id)` in a worker thread; a refusal is shown on the shipment's page."""
         session, operator = await signed_in(request)
         form = await form_of(request, session)
         shipment_id = _uuid(shipment_id)
-        store = store_of(request)
         try:
-            patch = ShipmentPatch.model_validate(_patch_from_form(form))
-            current = await run_in_threadpool(store.shipment_for_operator, shipment_id)
-            from station.fulfillment.api import patch_changes
-
-            changes = {k: v for k, v in patch_changes(current.envelope, patch).items() if current.envelope.get(k) != v}
-            if changes:
-                await run_in_threadpool(lambda: store.update_shipment(None, shipment_id, changes, actor=operator))
+            await run_in_threadpool(action, form, operator, shipment_id)
         except ValidationError as exc:
             return await _shipment_page(request, session, shipment_id, error=_fields_message(exc), status=400)
         except StationError as exc:
             return await _shipment_page(request, session, shipment_id, error=exc.message, status=_status(exc))
-        return redirect(f"{PREFIX}/shipments/{shipment_id}", done="edited")
+        return redirect(then or f"{PREFIX}/shipments/{shipment_id}", done=done)
+
+    @app.post(PREFIX + "/shipments/{shipment_id}/edit", include_in_schema=False)
+    async def edit(request: Request, shipment_id: str) -> Response:
+        store = store_of(request)
+
+        def save(form: dict[str, str], operator: Principal, shipment_id: str) -> None:
+            from station.fulfillment.api import patch_changes
+
+            patch = ShipmentPatch.model_validate(_patch_from_form(form))
+            current = store.shipment_for_operator(shipment_id)
+            changes = {k: v for k, v in patch_changes(current.envelope, patch).items() if current.envelope.get(k) != v}
+            if changes:
+                store.update_shipment(None, shipment_id, changes, actor=operator)
+
+        return await act(request, shipment_id, save, done="edited")
 
     @app.post(PREFIX + "/shipments/{shipment_id}/delete", include_in_schema=False)
     async def delete(request: Request, shipment_id: str) -> Response:
-        session, operator = await signed_in(request)
-        form = await form_of(request, session)
-        shipment_id = _uuid(shipment_id)
-        if form.get("confirm") != "yes":
-            return await _shipment_page(request, session, shipment_id, status=400,
-                                        error="Tick the box to confirm: a deleted shipment cannot be brought back.")
-        try:
-            await run_in_threadpool(lambda: store_of(request).delete_shipment(None, shipment_id, actor=operator))
-        except StationError as exc:
-            return await _shipment_page(request, session, shipment_id, error=exc.message, status=_status(exc))
-        return redirect(PREFIX + "/shipments", done="deleted")
+        def purge(form: dict[str, str], operator: Principal, shipment_id: str) -> None:
+            if form.get("confirm") != "yes":
+                raise StationError("Tick the box to confirm: a deleted shipment cannot be brought back.",
+                                   code="not_confirmed")
+            store_of(request).delete_shipment(None, shipment_id, actor=operator)
+
+        return await act(request, shipment_id, purge, done="deleted", then=PREFIX + "/shipments")
 
     @app.post(PREFIX + "/shipments/{shipment_id}/state", include_in_schema=False)
     async def set_state(request: Request, shipment_id: str) -> Response:
-        session, operator = await signed_in(request)
-        form = await form_of(request, session)
-        shipment_id = _uuid(shipment_id)
-        try:
-            change = views.StateChange.model_validate({
-                "shipment_state_id": int(form.get("shipment_state_id", "0")) if form.get("shipment_state_id", "").isdigit() else 0,
-                **({"tracking_number": form["tracking_number"].strip()} if form.get("tracking_number", "").strip() else {}),
-            })
-            await run_in_threadpool(views.set_state, store_of(request), shipment_id, change, operator)
-        except ValidationError as exc:
-            return await _shipment_page(request, session, shipment_id, error=_fields_message(exc), status=400)
-        except StationError as exc:
-            return await _shipment_page(request, session, shipment_id, error=exc.message, status=_status(exc))
-        return redirect(f"{PREFIX}/shipments/{shipment_id}", done="state")
+        def move(form: dict[str, str], operator: Principal, shipment_id: str) -> None:
+            state = form.get("shipment_state_id", "")
+            tracking = form.get("tracking_number", "").strip()
+            change = views.StateChange.model_validate(
+                {"shipment_state_id": int(state) if state.isdigit() else 0}
+                | ({"tracking_number": tracking} if tracking else {}))
+            views.set_state(store_of(request), shipment_id, change, operator)
+
+        return await act(request, shipment_id, move, done="state")
 
     # -- the floor ----------------------------------------------------------------------------
     @app.get(PREFIX + "/stations", include_in_schema=False)
