@@ -362,9 +362,9 @@ def run_station(opts: RunOptions, *, on_event: Callable[[Event], None] | None = 
     reported to the service for the operator's console as they change (status.py)."""
     from station.fulfillment.status import StatusReporter
 
-    reporter = StatusReporter(FulfillmentClient(opts.service, opts.token, timeout=5.0), slots=opts.slots,
-                              on_event=on_event)
-    station = Station(opts, on_event=reporter)
+    client = FulfillmentClient(opts.service, opts.token)  # one client (and TLS context) for both
+    reporter = StatusReporter(client, slots=opts.slots, on_event=on_event)
+    station = Station(opts, on_event=reporter, client=client)
     reporter.start()
 
     def stop(signum, frame):
@@ -380,6 +380,5 @@ def run_station(opts: RunOptions, *, on_event: Callable[[Event], None] | None = 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        station.client.close()
         reporter.stop()
-        reporter.client.close()
+        station.client.close()
