@@ -11,7 +11,7 @@ request + 2 credential requests: Microsoft Graph's and Okta's options), then
 `python -m station.cli run ... --once` runs with STATION_FAULT_KILL_AFTER=<point> and must die of
 SIGKILL, then `... --until-empty` runs without it and must exit 0. Each cell then counts:
 
-- lost: the item is not fulfilled (state 103) with every response opening for the customer
+- lost: the item is not programmed (state 102) with every response opening for the customer
   (decrypt with its response key, ES384 against the signing JWKS, requestDigest), or the
   station's journal still holds an open item;
 - duplicated: a virtual key programmed completely (PIN + both credentials) for the item, other
@@ -141,9 +141,9 @@ class Matrix:
     def _check_shipment(self, cell: Cell, shipment_id: str, item: SealedItem) -> str | None:
         """The serial the customer received, or None (and a loss) when anything is missing."""
         view = self.customer.get_shipment(shipment_id).model_dump(mode="json")
-        if view["shipment_state"]["shipment_state_id"] != 103:
+        if view["shipment_state"]["shipment_state_id"] != 102:  # programmed
             cell.lost += 1
-            cell.notes.append(f"shipment state {view['shipment_state']['shipment_state_id']}, not 103")
+            cell.notes.append(f"shipment state {view['shipment_state']['shipment_state_id']}, not 102")
             return None
         product = view["shipment_items"][0]["product_data"][0]
         signing = self.customer.jwks("signing")

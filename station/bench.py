@@ -222,7 +222,8 @@ def _station_wall(slots: int, items: int, latency) -> float:
                 # two accounts: one item never asks twice for the same (rp.id, user.id) (issue 17)
                 second = dict(options, user={"id": "dXNlcjI", "name": "u2", "displayName": "U2"})
                 items_ = [seal_item(transport_jwks=jwks, options=[options, second]) for _ in range(items)]
-                customer.post_shipment(shipment_body(items_))
+                for item in items_:  # one key per shipment (PROTOCOL.md §4)
+                    customer.post_shipment(shipment_body([item]))
                 customer.close()
                 opts = RunOptions(service=service.url, token=store.create_token(Role.STATION, "bench"),
                                   spec=f"virtual:{folder}/vkeys/", keys_dir=keystore.path,

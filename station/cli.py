@@ -442,9 +442,9 @@ def tokens() -> None:
 
 @tokens.command("create")
 @_DB_OPTION
-@click.option("--role", required=True, type=click.Choice(["customer", "station"]))
+@click.option("--role", required=True, type=click.Choice(["customer", "station", "operator"]))
 @click.option("--tenant", "tenant_id", type=int, help="The tenant (station tenants add) a customer token acts for.")
-@click.option("--name", help="A label: the station's name in the audit; for a customer, default its tenant's name.")
+@click.option("--name", help="A label: the station's or operator's name in the audit; for a customer, default its tenant's name.")
 @click.option("--expires", "expires_days", type=click.FloatRange(min=0), default=365.0, show_default=True,
               help="Days until the token stops working (0: never).")
 @fail_cleanly
@@ -456,7 +456,7 @@ def tokens_create(db_url: str | None, role: str, tenant_id: int | None, name: st
         raise UsageError("a customer token needs --tenant ID (station tenants add NAME; station tenants list)")
     if name is None:
         if tenant_id is None:
-            raise UsageError("a station token needs --name (its name in the audit)")
+            raise UsageError(f"a {role} token needs --name (its name in the audit)")
         store = Store.open(db_url)
         try:
             name = next((t.name for t in store.list_tenants() if t.id == tenant_id), str(tenant_id))
@@ -469,6 +469,30 @@ def tokens_create(db_url: str | None, role: str, tenant_id: int | None, name: st
 from station.cli_security import register as _register_security  # noqa: E402
 
 _register_security(cli, tokens, _DB_OPTION, fail_cleanly)
+
+
+# ---------------------------------------------------------------- shipments (the operator's moves)
+@cli.command()
+@click.argument("shipment_id")
+@click.option("--tracking", required=True, help="The carrier's tracking number (the customer reads it).")
+@_DB_OPTION
+@fail_cleanly
+def ship(shipment_id: str, tracking: str, db_url: str | None) -> None:
+    """Mark a programmed shipment (102) shipped (103) with its tracking number."""
+    from station.fulfillment.store import ShipmentState, set_shipment_state
+
+    click.echo(set_shipment_state(db_url, shipment_id, ShipmentState.SHIPPED, tracking_number=tracking))
+
+
+@cli.command()
+@click.argument("shipment_id")
+@_DB_OPTION
+@fail_cleanly
+def delivered(shipment_id: str, db_url: str | None) -> None:
+    """Mark a shipped shipment (103) delivered (104); its responses stay readable."""
+    from station.fulfillment.store import ShipmentState, set_shipment_state
+
+    click.echo(set_shipment_state(db_url, shipment_id, ShipmentState.DELIVERED))
 
 
 # ---------------------------------------------------------------- doctor (machine readiness)

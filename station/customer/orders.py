@@ -12,13 +12,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import IntEnum
 from typing import Any, Protocol
 
 from jwcrypto.jwk import JWK
 
 from station.errors import StationError
 from station.protocol.jose import seal_request
+from station.protocol.states import ERROR_STATES, READABLE_STATES, ShipmentState
 
 
 def new_response_key(kid: str | None = None) -> JWK:
@@ -147,37 +147,10 @@ class FulfillmentPort(Protocol):
     def jwks(self, kind: str) -> dict: ...
 
 
-class ShipmentState(IntEnum):
-    """`shipment_state_id` (PROTOCOL.md §4, YubiEnterprise's numbering)."""
-
-    RECEIVED = 100
-    IN_FULFILLMENT = 101
-    PROGRAMMED = 102
-    SHIPPED = 103
-    DELIVERED = 104
-    INCOMPLETE_REQUEST = 1
-    INCOMPLETE = 6
-    ADDRESS_UNDELIVERABLE = 7
-    PROCESSING_ERROR = 8
-    DENIED_PARTY = 9
-    SHIPPING_ERROR = 99
-    LOST = 105
-    DELIVERY_EXCEPTION = 106
-
-
 #: responses readable: the poll returns the shipment (8 too: its items carry their error_code)
-FINISHED_STATES = (ShipmentState.PROGRAMMED, ShipmentState.SHIPPED, ShipmentState.DELIVERED,
-                   ShipmentState.PROCESSING_ERROR)
-#: the error states on which the poll stops with ShipmentFailed, and what each means
-STOP_STATES = {
-    ShipmentState.INCOMPLETE_REQUEST: "incomplete shipping request",
-    ShipmentState.INCOMPLETE: "incomplete",
-    ShipmentState.ADDRESS_UNDELIVERABLE: "address undeliverable",
-    ShipmentState.DENIED_PARTY: "denied-party list match",
-    ShipmentState.SHIPPING_ERROR: "shipping error",
-    ShipmentState.LOST: "lost or missing",
-    ShipmentState.DELIVERY_EXCEPTION: "delivery exception",
-}
+FINISHED_STATES = (*sorted(READABLE_STATES), ShipmentState.PROCESSING_ERROR)
+#: the error states on which the poll stops with ShipmentFailed
+STOP_STATES = ERROR_STATES - {ShipmentState.PROCESSING_ERROR}
 
 
 class ShipmentTimeout(StationError):
@@ -225,7 +198,7 @@ def wait_shipment(
             return shipment
         if state in STOP_STATES:
             raise ShipmentFailed(f"shipment {shipment_id} was stopped by the fulfillment provider: "
-                                 f"state {state} ({STOP_STATES[state]})")
+                                 f"state {state} ({ShipmentState(state).meaning})")
         if clock() >= deadline:
             raise ShipmentTimeout(f"shipment {shipment_id} still in state {state} after {timeout:g} s")
         sleep(poll_interval)

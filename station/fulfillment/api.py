@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -49,15 +49,37 @@ from station.fulfillment.models import (
     LeaseView,
     ShipmentCreated,
     ShipmentItemView,
+    ShipmentList,
     ShipmentStateBody,
+    ShipmentSummaryView,
     ShipmentView,
+    StationStatusReport,
     SubmitRequest,
 )
-from station.fulfillment.store import ItemState, NewItem, Principal, Role, Shipment, ShipmentState, Store
+from station.fulfillment.store import (
+    ItemState,
+    NewItem,
+    Principal,
+    Role,
+    Shipment,
+    ShipmentState,
+    ShipmentSummary,
+    Store,
+)
 from station.protocol.backend import PublicKeys
 from station.protocol.jose import check_request_header
 from station.protocol.keys import KeyStore, PublishedKeys, holds_private_keys
-from station.protocol.messages import ErrorBody, ItemError, ProductData, ShipmentRequest
+from station.protocol.messages import (
+    ErrorBody,
+    ItemError,
+    MailingAddress,
+    ProductData,
+    Recipient,
+    ShipmentOrder,
+    ShipmentPatch,
+    ShipmentRequest,
+    check_envelope,
+)
 
 MAX_BODY_BYTES = DoorLimits().max_body_bytes
 __all__ = ["FailedTokenLimit", "create_app", "serve"]  # FailedTokenLimit lives in door.py
@@ -109,6 +131,11 @@ def create_app(
     _add_error_handlers(app)
     _add_customer_routes(app)
     _add_station_routes(app)
+    from station.fulfillment.console import add_console
+    from station.fulfillment.operator import add_operator_routes
+
+    add_operator_routes(app)
+    add_console(app)
     return app
 
 
@@ -223,6 +250,7 @@ def _role(role: Role) -> Callable[..., Principal]:
 
 Customer = Annotated[Principal, Depends(_role(Role.CUSTOMER))]
 Station = Annotated[Principal, Depends(_role(Role.STATION))]
+Operator = Annotated[Principal, Depends(_role(Role.OPERATOR))]
 
 
 def _store(request: Request) -> Store:
@@ -234,8 +262,9 @@ def _store(request: Request) -> Store:
 
 def _add_customer_routes(app: FastAPI) -> None:
     @app.post("/v1/fpr/shipments", status_code=201, response_model=ShipmentCreated, tags=["customer"])
-    def post_shipment(body: ShipmentRequest, customer: Customer, request: Request) -> ShipmentCreated:
-        """Queue a shipment; every request JWE's header is checked here, none is opened."""
+    def post_shipment(body: ShipmentOrder, customer: Customer, request: Request) -> ShipmentCreated:
+        """Queue a shipment of exactly one key; every request JWE's header is checked here,
+        none is opened."""
         check_headers(body, request.app.state.keystore)
         shipment_id = _store(request).create_shipment(
             customer.owner, _envelope(body), [_new_item(item) for item in body.shipment_items]
@@ -245,10 +274,35 @@ def _add_customer_routes(app: FastAPI) -> None:
             shipment_state=ShipmentStateBody(shipment_state_id=int(ShipmentState.RECEIVED)),
         )
 
+    @app.get("/v1/fpr/shipments", response_model=ShipmentList, tags=["customer"],
+             dependencies=[known_query(*Listing.PARAMETERS)])
+    def list_shipments(customer: Customer, request: Request, listing: Annotated[Listing, Depends()]) -> ShipmentList:
+        """The caller's shipments, newest first: `limit` (at most 100), `offset`, `state`, and
+        `q` (a part of the id, the recipient's names or email)."""
+        page = _store(request).list_shipments(customer.owner, **listing.query())
+        return ShipmentList(shipments=[summary_view(s) for s in page.shipments], total=page.total)
+
     @app.get("/v1/fpr/shipments/{shipment_id}", response_model=ShipmentView, tags=["customer"])
     def get_shipment(shipment_id: ShipmentId, customer: Customer, request: Request) -> ShipmentView:
         """The caller's shipment with its state and, per finished item, its product_data."""
         return shipment_view(_store(request).get_shipment(customer.owner, shipment_id))
+
+    @app.patch("/v1/fpr/shipments/{shipment_id}", response_model=ShipmentView, tags=["customer"])
+    def patch_shipment(shipment_id: ShipmentId, body: ShipmentPatch, customer: Customer,
+                       request: Request) -> ShipmentView:
+        """Change the recipient, the mailing address or the delivery type while the shipment is
+        100; 409 `shipment_locked` after. The products and their requests cannot change."""
+        store = _store(request)
+        current = store.get_shipment(customer.owner, shipment_id)
+        changes = patch_changes(current.envelope, body)
+        return shipment_view(store.update_shipment(customer.owner, shipment_id, changes, actor=customer))
+
+    @app.delete("/v1/fpr/shipments/{shipment_id}", status_code=204, tags=["customer"])
+    def delete_shipment(shipment_id: ShipmentId, customer: Customer, request: Request) -> Response:
+        """Delete the shipment while it is 100 (its JWEs are purged; it then answers 404);
+        409 `shipment_locked` after."""
+        _store(request).delete_shipment(customer.owner, shipment_id, actor=customer)
+        return Response(status_code=204)
 
     @app.get("/.well-known/transport-keys.jwks", response_model=Jwks, tags=["keys"])
     def transport_keys(request: Request) -> Jwks:
@@ -284,6 +338,71 @@ def _envelope(body: ShipmentRequest) -> dict[str, Any]:
     return body.model_dump(include={"delivery_type", "recipient", "mailing_address"})
 
 
+def known_query(*names: str) -> Any:
+    """A dependency refusing (400) any query parameter but `names`, and any given twice: a
+    misspelt or repeated filter must not silently list something else."""
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - set(names))
+        if unknown:
+            raise BadRequest(f"unknown query parameter {unknown[0]!r}: this route takes {', '.join(names)}",
+                             error_data=[{"loc": ["query", unknown[0]], "msg": "unknown", "type": "extra_forbidden"}])
+        repeated = sorted(n for n in set(request.query_params) if len(request.query_params.getlist(n)) > 1)
+        if repeated:
+            raise BadRequest(f"query parameter {repeated[0]!r} is given more than once",
+                             error_data=[{"loc": ["query", repeated[0]], "msg": "repeated", "type": "repeated"}])
+
+    return Depends(check)
+
+
+class Listing:
+    """The query of a shipment listing: `limit` 1..100 (default 100), `offset`, `state`, `q`."""
+
+    PARAMETERS = ("limit", "offset", "state", "q")
+
+    def __init__(
+        self,
+        limit: Annotated[int, Query(ge=1, le=100)] = 100,
+        offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+        state: Annotated[ShipmentState | None, Query(description="a shipment_state_id")] = None,
+        q: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> None:
+        self.limit, self.offset, self.state, self.q = limit, offset, state, (q or "").strip() or None
+
+    def query(self) -> dict[str, Any]:
+        return {"limit": self.limit, "offset": self.offset, "state": self.state, "q": self.q}
+
+
+def patch_changes(envelope: dict[str, Any], patch: ShipmentPatch) -> dict[str, Any]:
+    """The envelope members a PATCH replaces, checked together with what stays (the telephone's
+    limit depends on the country); BadRequest names the field."""
+    changes = patch.model_dump(exclude_none=True, include={"delivery_type", "recipient", "mailing_address"})
+    merged = envelope | changes
+    try:
+        check_envelope(Recipient.model_validate(merged["recipient"]),
+                       MailingAddress.model_validate(merged["mailing_address"]))
+    except ValueError as exc:
+        raise BadRequest(str(exc), error_data=[{"loc": ["body", "recipient", "recipient_telephone"],
+                                                "msg": str(exc), "type": "value_error"}]) from exc
+    return changes
+
+
+def summary_view(summary: ShipmentSummary, *, with_tenant: bool = False) -> ShipmentSummaryView:
+    """One listed shipment (no JWE)."""
+    envelope = summary.envelope
+    return ShipmentSummaryView(
+        shipment_id=summary.id,
+        shipment_state=ShipmentStateBody(shipment_state_id=int(summary.state)),
+        created_at=summary.created,
+        updated_at=summary.updated,
+        delivery_type=envelope["delivery_type"],
+        recipient=envelope["recipient"],
+        mailing_address=envelope["mailing_address"],
+        tracking_number=summary.tracking_number,
+        tenant=summary.owner if with_tenant else None,
+    )
+
+
 def _new_item(item) -> NewItem:
     customization = item.product_customizations[0]
     return NewItem(
@@ -305,6 +424,7 @@ def shipment_view(shipment: Shipment) -> ShipmentView:
             ShipmentItemView(**item.descriptor, product_data=_product_data(item.state, item.result))
             for item in shipment.items
         ],
+        tracking_number=shipment.tracking_number,
     )
 
 
@@ -360,6 +480,13 @@ def _add_station_routes(app: FastAPI) -> None:
             serial_number=body.audit_serial,
         )
         return ItemStateView(item_id=item_id, item_state=state.value)
+
+    @app.post("/v1/station/status", status_code=204, tags=["station"])
+    def status(body: StationStatusReport, station: Station, request: Request) -> Response:
+        """The daemon's report of its slots (what each waits for or works on): the operator's
+        view of the floor, and the station's heartbeat."""
+        _store(request).record_station_status(station, body.model_dump(mode="json"))
+        return Response(status_code=204)
 
     @app.post("/v1/station/items/{item_id}/release", response_model=ItemStateView, tags=["station"])
     def release(item_id: ItemId, station: Station, request: Request) -> ItemStateView:

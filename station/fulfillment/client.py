@@ -23,6 +23,7 @@ from station.fulfillment.models import (
     Jwks,
     LeaseView,
     ShipmentCreated,
+    ShipmentList,
     ShipmentView,
 )
 from station.protocol.messages import ItemError, ProductData, ShipmentRequest
@@ -64,6 +65,22 @@ class FulfillmentClient:
         """`GET /v1/fpr/shipments/{id}`."""
         return ShipmentView.model_validate(self._call("GET", f"/v1/fpr/shipments/{shipment_id}"))
 
+    def list_shipments(self, *, limit: int = 100, offset: int = 0, state: int | None = None,
+                       q: str | None = None) -> ShipmentList:
+        """`GET /v1/fpr/shipments`: this tenant's shipments, newest first (no JWE)."""
+        params = {"limit": limit, "offset": offset} | ({"state": state} if state is not None else {}) | (
+            {"q": q} if q else {})
+        return ShipmentList.model_validate(self._call("GET", "/v1/fpr/shipments", params=params))
+
+    def patch_shipment(self, shipment_id: str, changes: dict[str, Any]) -> ShipmentView:
+        """`PATCH /v1/fpr/shipments/{id}` with any of recipient, mailing_address, delivery_type
+        (Conflict `shipment_locked` once a station took it)."""
+        return ShipmentView.model_validate(self._call("PATCH", f"/v1/fpr/shipments/{shipment_id}", changes))
+
+    def delete_shipment(self, shipment_id: str) -> None:
+        """`DELETE /v1/fpr/shipments/{id}` while it is 100 (Conflict `shipment_locked` after)."""
+        self._call("DELETE", f"/v1/fpr/shipments/{shipment_id}")
+
     def jwks(self, kind: str) -> dict[str, Any]:
         """The public JWKS of `kind` ("transport" or "signing"); needs no token."""
         if kind not in ("transport", "signing"):
@@ -98,16 +115,21 @@ class FulfillmentClient:
         data = self._call("POST", f"/v1/station/items/{item_id}/submit", body)
         return ItemStateView.model_validate(data)
 
+    def report_status(self, report: dict[str, Any]) -> None:
+        """`POST /v1/station/status`: this station's slots, for the operator (status.py)."""
+        self._call("POST", "/v1/station/status", report)
+
     def release(self, item_id: int) -> ItemStateView:
         """Give back an untouched item."""
         return ItemStateView.model_validate(self._call("POST", f"/v1/station/items/{item_id}/release"))
 
     # -- transport -----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: BaseModel | dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: BaseModel | dict[str, Any] | None = None, *,
+              params: dict[str, Any] | None = None) -> Any:
         if isinstance(body, BaseModel):
             body = body.model_dump(mode="json")
         try:
-            response = self._http.request(method, path, json=body)
+            response = self._http.request(method, path, json=body, params=params)
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"{method} {path}: {exc.__class__.__name__}") from exc
         if response.status_code == 204:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_serializer
 
 from station.protocol.messages import ItemError, MailingAddress, ProductData, Recipient
 
@@ -31,9 +31,10 @@ class _Body(BaseModel):
 
 
 class ShipmentStateBody(_Body):
-    """`shipment_state`: 100 received, 101 in fulfillment, 103 fulfilled, 8 processing error."""
+    """`shipment_state`: one of PROTOCOL.md §4's state ids (100 received, 101 locked, 102
+    programmed, 103 shipped, 104 delivered, or an error state 1, 6, 7, 8, 9, 99, 105, 106)."""
 
-    shipment_state_id: Literal[100, 101, 103, 8]
+    shipment_state_id: Literal[100, 101, 102, 103, 104, 1, 6, 7, 8, 9, 99, 105, 106]
 
 
 class ShipmentCreated(_Body):
@@ -55,7 +56,7 @@ class ShipmentItemView(_Body):
 
 
 class ShipmentView(_Body):
-    """The answer to `GET /v1/fpr/shipments/{id}`."""
+    """The answer to `GET /v1/fpr/shipments/{id}`; `tracking_number` from state 103 on."""
 
     shipment_id: str
     shipment_state: ShipmentStateBody
@@ -63,6 +64,36 @@ class ShipmentView(_Body):
     recipient: Recipient
     mailing_address: MailingAddress
     shipment_items: list[ShipmentItemView]
+    tracking_number: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _tracking_only_once_shipped(self, handler):
+        data = handler(self)
+        if data.get("tracking_number") is None:
+            data.pop("tracking_number", None)
+        return data
+
+
+class ShipmentSummaryView(_Body):
+    """One shipment of a listing: its envelope and state, never its items' JWEs. `created_at`
+    and `updated_at` are seconds since the epoch; `tenant` only in the operator's listing."""
+
+    shipment_id: str
+    shipment_state: ShipmentStateBody
+    created_at: float
+    updated_at: float | None = None
+    delivery_type: int
+    recipient: Recipient
+    mailing_address: MailingAddress
+    tracking_number: str | None = None
+    tenant: str | None = None
+
+
+class ShipmentList(_Body):
+    """The answer to `GET /v1/fpr/shipments`: a page, newest first, and how many match."""
+
+    shipments: list[ShipmentSummaryView]
+    total: int
 
 
 class Jwks(_Body):
@@ -73,14 +104,40 @@ class Jwks(_Body):
 
 # -- station side --------------------------------------------------------------------------
 
-def _json_integer(value: Any) -> Any:
+def json_integer(value: Any) -> Any:
     """A JSON Schema integer: a number with no fraction (`30` or `30.0`), never `true` or `"30"`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("must be an integer")
     return value
 
 
-LeaseSeconds = Annotated[int, Field(ge=1, le=MAX_LEASE_SECONDS), BeforeValidator(_json_integer)]
+LeaseSeconds = Annotated[int, Field(ge=1, le=MAX_LEASE_SECONDS), BeforeValidator(json_integer)]
+
+MAX_SLOTS = 64
+
+
+class SlotStatus(_Body):
+    """One slot of a station as the daemon last saw it: what it waits for or works on."""
+
+    slot: Annotated[int, Field(ge=1, le=MAX_SLOTS), BeforeValidator(json_integer)]
+    state: Annotated[StrictStr, Field(max_length=32, pattern=r"^[a-z_]+$")]
+    item: Annotated[int, Field(ge=1, le=MAX_ITEM_ID), BeforeValidator(json_integer)] | None = None
+    shipment: Annotated[StrictStr, Field(max_length=36)] | None = None
+    device: Annotated[StrictStr, Field(max_length=200)] | None = None
+    model: Annotated[StrictStr, Field(max_length=100)] | None = None
+    serial: SerialNumber | None = None
+    firmware: Annotated[StrictStr, Field(max_length=32)] | None = None
+    message: Annotated[StrictStr, Field(max_length=300)] | None = None
+    since: float | None = None
+
+
+class StationStatusReport(_Body):
+    """`POST /v1/station/status`: the daemon's own report of its slots (its heartbeat for the
+    operator's floor view). Never a PIN, a request or a response."""
+
+    slots: list[SlotStatus] = Field(max_length=MAX_SLOTS)
+    version: Annotated[StrictStr, Field(max_length=40)] | None = None
+    items_done: Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(json_integer)] = 0
 
 
 class LeaseRequest(_Body):

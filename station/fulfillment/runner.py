@@ -359,8 +359,14 @@ def beat_stop(beat: threading.Thread, lost: threading.Event) -> None:
 
 
 def run_station(opts: RunOptions, *, on_event: Callable[[Event], None] | None = None) -> int:
-    """`station run` with SIGTERM/SIGINT handling; the number of items finished."""
-    station = Station(opts, on_event=on_event)
+    """`station run` with SIGTERM/SIGINT handling; the number of items finished. The slots are
+    reported to the service for the operator's console as they change (status.py)."""
+    from station.fulfillment.status import StatusReporter
+
+    client = FulfillmentClient(opts.service, opts.token)  # one client (and TLS context) for both
+    reporter = StatusReporter(client, slots=opts.slots, on_event=on_event)
+    station = Station(opts, on_event=reporter, client=client)
+    reporter.start()
 
     def stop(signum, frame):
         station.emit(kind="stopping", signal=signal.Signals(signum).name)
@@ -375,4 +381,5 @@ def run_station(opts: RunOptions, *, on_event: Callable[[Event], None] | None = 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        reporter.stop()
         station.client.close()

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 import uuid
@@ -44,10 +45,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     create_engine,
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -58,9 +61,11 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from station.errors import InvalidRequest, UsageError
 from station.fulfillment.errors import Conflict, NotFound, ServiceUnavailable
+from station.fulfillment.migrations import latest_version, migrate
 from station.protocol.jose import content_digest, request_digest
+from station.protocol.states import ERROR_STATES, READABLE_STATES, ShipmentState  # noqa: F401 (re-exported)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = latest_version()
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -76,7 +81,7 @@ tokens = Table(
     Column("role", String(16), nullable=False),
     Column("name", String(200), nullable=False),
     Column("created", Double, nullable=False),
-    # issue 17 (added to older databases by _upgrade_tokens): tenant binding, expiry, revocation
+    # issue 17 (migration step "security: tenants, ..."): tenant binding, expiry, revocation
     Column("tenant_id", Integer, nullable=True),
     Column("expires", Double, nullable=True),
     Column("revoked", Double, nullable=True),
@@ -98,6 +103,15 @@ shipments = Table(
     Column("owner", String(200), nullable=False, index=True),
     Column("envelope", Text, nullable=False),
     Column("created", Double, nullable=False),
+    # operator-set state (103, 104, error states) over the state derived from the items
+    Column("state_override", Integer, nullable=True),
+    Column("tracking_number", String(64), nullable=True),
+    Column("updated", Double, nullable=True),
+    # what `q` searches, copied from the envelope's recipient
+    Column("recipient_firstname", String(100), nullable=True),
+    Column("recipient_lastname", String(100), nullable=True),
+    Column("recipient_email", String(254), nullable=True),
+    Index("shipments_listing", "created"),
 )
 
 items = Table(
@@ -141,12 +155,21 @@ audit = Table(
     Column("outcome", String(64), nullable=True),
 )
 
+station_status = Table(
+    "station_status",
+    metadata,
+    Column("token_id", Integer, primary_key=True),
+    Column("reported_at", Double, nullable=False),
+    Column("report", Text, nullable=False),
+)
+
 
 class Role(str, enum.Enum):
     """Who a bearer token speaks for."""
 
     CUSTOMER = "customer"
     STATION = "station"
+    OPERATOR = "operator"
 
 
 class ItemState(str, enum.Enum):
@@ -162,23 +185,32 @@ class ItemState(str, enum.Enum):
         return self in (ItemState.FULFILLED, ItemState.FAILED)
 
 
-class ShipmentState(enum.IntEnum):
-    """`shipment_state_id` of PROTOCOL.md §4 (Yubico's numbering)."""
+def derive_state(states: Sequence[ItemState]) -> ShipmentState:
+    """A shipment's state from its items (before any operator's move): every item finished →
+    102 (8 if one failed); any item claimed or finished → 101; otherwise 100."""
+    if states and all(s.finished for s in states):
+        return ShipmentState.PROCESSING_ERROR if ItemState.FAILED in states else ShipmentState.PROGRAMMED
+    if any(s is not ItemState.QUEUED for s in states):
+        return ShipmentState.IN_FULFILLMENT
+    return ShipmentState.RECEIVED
 
-    RECEIVED = 100
-    IN_FULFILLMENT = 101
-    FULFILLED = 103
-    PROCESSING_ERROR = 8
 
-    @classmethod
-    def of(cls, states: Sequence[ItemState]) -> ShipmentState:
-        """Derive a shipment's state from its items: every item finished → 103 (8 if one
-        failed); any item claimed or finished → 101; otherwise 100."""
-        if states and all(s.finished for s in states):
-            return cls.PROCESSING_ERROR if ItemState.FAILED in states else cls.FULFILLED
-        if any(s is not ItemState.QUEUED for s in states):
-            return cls.IN_FULFILLMENT
-        return cls.RECEIVED
+#: a carrier's tracking number as the service keeps it
+TRACKING_NUMBER = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]{0,63}")
+
+#: what an operator may set, and from which states (`Store.set_state`). The error states of
+#: before shipping stop an unprogrammed item too (it fails as `invalid_request`).
+OPERATOR_TRANSITIONS: dict[ShipmentState, frozenset[ShipmentState]] = {
+    ShipmentState.SHIPPED: frozenset({ShipmentState.PROGRAMMED}),
+    ShipmentState.DELIVERED: frozenset({ShipmentState.SHIPPED}),
+    ShipmentState.INCOMPLETE_REQUEST: frozenset({ShipmentState.RECEIVED, ShipmentState.PROGRAMMED}),
+    ShipmentState.INCOMPLETE: frozenset({ShipmentState.RECEIVED, ShipmentState.PROGRAMMED}),
+    ShipmentState.ADDRESS_UNDELIVERABLE: frozenset({ShipmentState.RECEIVED, ShipmentState.PROGRAMMED}),
+    ShipmentState.DENIED_PARTY: frozenset({ShipmentState.RECEIVED, ShipmentState.PROGRAMMED}),
+    ShipmentState.SHIPPING_ERROR: frozenset({ShipmentState.PROGRAMMED, ShipmentState.SHIPPED}),
+    ShipmentState.LOST: frozenset({ShipmentState.SHIPPED}),
+    ShipmentState.DELIVERY_EXCEPTION: frozenset({ShipmentState.SHIPPED}),
+}
 
 
 class AuditEvent(str, enum.Enum):
@@ -189,6 +221,10 @@ class AuditEvent(str, enum.Enum):
     RELEASED = "released"
     FULFILLED = "fulfilled"
     FAILED = "failed"
+    ON_SLOT = "on_slot"  # a station reported the item in one of its slots (outcome "slot N")
+    EDITED = "edited"  # the customer changed recipient, address or delivery type
+    DELETED = "deleted"  # the customer deleted the shipment (its rows and JWEs are purged)
+    STATE = "state"  # an operator set the shipment's state (outcome: the state id)
 
 
 @dataclass(frozen=True)
@@ -268,10 +304,34 @@ class Shipment:
     envelope: dict[str, Any]
     created: float
     items: list[ItemView] = field(default_factory=list)
+    state_override: int | None = None
+    tracking_number: str | None = None
+    updated: float | None = None
 
     @property
     def state(self) -> ShipmentState:
-        return ShipmentState.of([item.state for item in self.items])
+        if self.state_override is not None:
+            return ShipmentState(self.state_override)
+        return derive_state([item.state for item in self.items])
+
+
+@dataclass(frozen=True)
+class ShipmentSummary:
+    """One row of a shipment listing (no JWE)."""
+
+    id: str
+    owner: str
+    envelope: dict[str, Any]
+    created: float
+    updated: float | None
+    state: ShipmentState
+    tracking_number: str | None
+
+
+@dataclass(frozen=True)
+class ShipmentPage:
+    shipments: list[ShipmentSummary]
+    total: int
 
 
 @dataclass(frozen=True)
@@ -296,12 +356,44 @@ class AuditRecord:
     outcome: str | None
 
 
+@dataclass(frozen=True)
+class FailedItem:
+    """A failed item for the operator: its error and its audit trail (the keys tried)."""
+
+    item_id: int
+    shipment_id: str
+    owner: str
+    error_code: str
+    error_message: str
+    finished_at: float | None
+    attempts: list[AuditRecord]
+
+
+@dataclass(frozen=True)
+class StationView:
+    """A station as the operator sees it: its last status report (slots) and activity."""
+
+    token_id: int
+    name: str
+    reported_at: float | None
+    report: dict[str, Any] | None
+    last_activity: float | None
+    leases: int
+
+
 class ReplayedRequest(InvalidRequest):
     """A request JWE whose digest the service has already received (PROTOCOL.md §5)."""
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _search_columns(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The recipient's names and email, kept as columns for `q` (PROTOCOL.md §4 listing)."""
+    recipient = envelope.get("recipient") or {}
+    return {name: recipient.get(name) for name in
+            ("recipient_firstname", "recipient_lastname", "recipient_email")}
 
 
 def _canonical(data: dict[str, Any]) -> str:
@@ -379,18 +471,6 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
     cursor.close()
-
-
-def _upgrade_tokens(conn: Connection) -> None:
-    """Issue 17's additive schema change (no migrations framework on main yet): a database made
-    before tenants gets the tokens columns `tenant_id`, `expires`, `revoked` (all NULL: its tokens
-    keep working, unbound, without expiry); the `tenants` table comes with `create_all`. Idempotent."""
-    from sqlalchemy import inspect
-
-    present = {c["name"] for c in inspect(conn).get_columns("tokens")}
-    for column, kind in (("tenant_id", "INTEGER"), ("expires", "DOUBLE PRECISION"), ("revoked", "DOUBLE PRECISION")):
-        if column not in present:
-            conn.exec_driver_sql(f"ALTER TABLE tokens ADD COLUMN {column} {kind}")
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -473,16 +553,9 @@ class Store:
             yield conn
 
     def _create_schema(self) -> None:
+        """Create the schema on first start, or migrate an older one (migrations.py)."""
         with self._tx() as conn:
-            metadata.create_all(conn)
-            _upgrade_tokens(conn)
-            version = conn.execute(select(schema_version.c.version)).scalar()
-            if version is None:
-                conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
-            elif version != SCHEMA_VERSION:
-                raise UsageError(
-                    f"the database has schema version {version}, this station speaks {SCHEMA_VERSION}"
-                )
+            migrate(conn, metadata, schema_version)
 
     # -- tenants and tokens ------------------------------------------------------------------
     def create_tenant(self, name: str, *, now: float | None = None) -> Tenant:
@@ -583,7 +656,8 @@ class Store:
                 self._refuse_known(conn, flat + legacy)
                 conn.execute(
                     insert(shipments).values(
-                        id=shipment_id, owner=owner, envelope=json.dumps(envelope), created=now
+                        id=shipment_id, owner=owner, envelope=json.dumps(envelope), created=now,
+                        updated=now, **_search_columns(envelope),
                     )
                 )
                 for position, (item, item_digests) in enumerate(zip(new_items, digests)):
@@ -637,27 +711,253 @@ class Store:
                 )
                 .values(read_at=now)
             )
+            rows = self._item_rows(conn, shipment_id)
+        return _shipment(row, rows, lambda result: None if result is None else json.loads(result))
+
+    @staticmethod
+    def _item_rows(conn: Connection, shipment_id: str):
+        return conn.execute(
+            select(items.c.id, items.c.position, items.c.descriptor, items.c.state, items.c.result)
+            .where(items.c.shipment_id == shipment_id)
+            .order_by(items.c.position)
+        ).all()
+
+    def list_shipments(self, owner: str | None, *, limit: int = 100, offset: int = 0,
+                       state: int | None = None, q: str | None = None) -> ShipmentPage:
+        """`owner`'s shipments (every tenant's for None: the operator), newest first, filtered by
+        state and by `q` (a substring of the id, the recipient's names or email, any case)."""
+        state_col = _shipment_state_column()
+        where = []
+        if owner is not None:
+            where.append(shipments.c.owner == owner)
+        if state is not None:
+            where.append(state_col == int(state))
+        if q:
+            pattern = "%" + q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(or_(*(func.lower(c).like(pattern, escape="\\") for c in (
+                shipments.c.id, shipments.c.recipient_firstname, shipments.c.recipient_lastname,
+                shipments.c.recipient_email,
+                shipments.c.recipient_firstname + " " + shipments.c.recipient_lastname))))
+        base = select(shipments, state_col.label("derived_state")).select_from(_with_item_counts())
+        for clause in where:
+            base = base.where(clause)
+        with self._tx() as conn:
+            total = conn.execute(select(func.count()).select_from(base.subquery())).scalar_one()
             rows = conn.execute(
-                select(items.c.id, items.c.position, items.c.descriptor, items.c.state, items.c.result)
-                .where(items.c.shipment_id == shipment_id)
-                .order_by(items.c.position)
+                base.order_by(shipments.c.created.desc(), shipments.c.id).limit(limit).offset(offset)
             ).all()
-        return Shipment(
-            id=row.id,
-            owner=row.owner,
-            envelope=json.loads(row.envelope),
-            created=row.created,
-            items=[
-                ItemView(
-                    id=r.id,
-                    position=r.position,
-                    descriptor=json.loads(r.descriptor),
-                    state=ItemState(r.state),
-                    result=None if r.result is None else json.loads(r.result),
-                )
-                for r in rows
-            ],
+        return ShipmentPage(
+            shipments=[ShipmentSummary(r.id, r.owner, json.loads(r.envelope), r.created, r.updated,
+                                       ShipmentState(r.derived_state), r.tracking_number) for r in rows],
+            total=total,
         )
+
+    def _editable(self, conn: Connection, owner: str | None, shipment_id: str):
+        """The shipment row, with its items locked, if it is still 100; else NotFound/Conflict."""
+        query = select(shipments).where(shipments.c.id == shipment_id)
+        if owner is not None:
+            query = query.where(shipments.c.owner == owner)
+        row = conn.execute(query.with_for_update()).first()
+        if row is None:
+            raise NotFound(f"no shipment {shipment_id}")
+        states = conn.execute(
+            select(items.c.id, items.c.state).where(items.c.shipment_id == shipment_id)
+            .order_by(items.c.position).with_for_update()
+        ).all()
+        state = (ShipmentState(row.state_override) if row.state_override is not None
+                 else derive_state([ItemState(r.state) for r in states]))
+        if state is not ShipmentState.RECEIVED:
+            raise Conflict(
+                f"shipment {shipment_id} is in state {int(state)} ({state.meaning}): it can no longer be "
+                "changed or deleted", code="shipment_locked",
+                error_data={"shipment_state_id": int(state)},
+            )
+        return row, [r.id for r in states]
+
+    def update_shipment(self, owner: str | None, shipment_id: str, changes: dict[str, Any], *,
+                        actor: Principal | None = None, now: float | None = None) -> Shipment:
+        """Replace the given envelope members (recipient, mailing_address, delivery_type) of a
+        shipment still in state 100 (Conflict `shipment_locked` after)."""
+        now = _now(now)
+        with self._tx() as conn:
+            row, item_ids = self._editable(conn, owner, shipment_id)
+            envelope = json.loads(row.envelope) | changes
+            conn.execute(
+                update(shipments).where(shipments.c.id == shipment_id)
+                .values(envelope=json.dumps(envelope), updated=now, **_search_columns(envelope))
+            )
+            if item_ids:
+                self._audit(conn, now, AuditEvent.EDITED, item_ids[0], shipment_id,
+                            token_id=actor.id if actor else None, outcome=",".join(sorted(changes)))
+        if owner is None:
+            return self.shipment_for_operator(shipment_id)
+        return self.get_shipment(owner, shipment_id, now=now)
+
+    def delete_shipment(self, owner: str | None, shipment_id: str, *, actor: Principal | None = None,
+                        now: float | None = None) -> None:
+        """Purge a shipment still in state 100, its request JWEs included; it then answers 404.
+        Its request digests stay, so the same JWEs are still refused as replays."""
+        now = _now(now)
+        with self._tx() as conn:
+            _row, item_ids = self._editable(conn, owner, shipment_id)
+            conn.execute(sql_delete(items).where(items.c.shipment_id == shipment_id))
+            conn.execute(sql_delete(shipments).where(shipments.c.id == shipment_id))
+            if item_ids:
+                self._audit(conn, now, AuditEvent.DELETED, item_ids[0], shipment_id,
+                            token_id=actor.id if actor else None)
+
+    def set_state(self, shipment_id: str, state: ShipmentState | int, *, tracking_number: str | None = None,
+                  actor: Principal | None = None, now: float | None = None) -> Shipment:
+        """An operator's move (OPERATOR_TRANSITIONS): 103 needs a tracking number; an error state
+        set before a station took the item fails it, so no station programs it."""
+        now = _now(now)
+        target = ShipmentState(state)
+        allowed = OPERATOR_TRANSITIONS.get(target)
+        if allowed is None:
+            raise InvalidRequest(f"an operator cannot set state {int(target)} ({target.meaning})")
+        if target is ShipmentState.SHIPPED and not (tracking_number or "").strip():
+            raise InvalidRequest("a shipped shipment needs its tracking number")
+        if tracking_number is not None and not TRACKING_NUMBER.fullmatch(tracking_number.strip()):
+            raise InvalidRequest("a tracking number is 1 to 64 letters, digits, spaces or dashes")
+        with self._tx() as conn:
+            row = conn.execute(select(shipments).where(shipments.c.id == shipment_id).with_for_update()).first()
+            if row is None:
+                raise NotFound(f"no shipment {shipment_id}")
+            item_rows = conn.execute(
+                select(items.c.id, items.c.state).where(items.c.shipment_id == shipment_id)
+                .order_by(items.c.position).with_for_update()
+            ).all()
+            current = (ShipmentState(row.state_override) if row.state_override is not None
+                       else derive_state([ItemState(r.state) for r in item_rows]))
+            if current not in allowed:
+                raise Conflict(
+                    f"shipment {shipment_id} is {int(current)} ({current.meaning}): state {int(target)} "
+                    f"({target.meaning}) can follow only {', '.join(str(int(a)) for a in sorted(allowed))}",
+                    code="invalid_transition", error_data={"shipment_state_id": int(current)},
+                )
+            if current is ShipmentState.RECEIVED:
+                stopped = _canonical({"error_code": "invalid_request",
+                                      "error_message": f"stopped by an operator: {target.meaning}"})
+                conn.execute(update(items).where(items.c.shipment_id == shipment_id)
+                             .values(state=ItemState.FAILED.value, result=stopped, finished_at=now))
+            values: dict[str, Any] = {"state_override": int(target), "updated": now}
+            if tracking_number is not None and target is ShipmentState.SHIPPED:
+                values["tracking_number"] = tracking_number.strip()
+            conn.execute(update(shipments).where(shipments.c.id == shipment_id).values(**values))
+            if item_rows:
+                self._audit(conn, now, AuditEvent.STATE, item_rows[0].id, shipment_id,
+                            token_id=actor.id if actor else None, outcome=str(int(target)),
+                            serial_number=None)
+        return self.shipment_for_operator(shipment_id)
+
+    # -- operator views (never a request or response JWE) ----------------------------------------
+    def shipment_for_operator(self, shipment_id: str) -> Shipment:
+        """Any tenant's shipment, its items' results stripped of every JWE (serial and firmware
+        stay); reading it does not count as the customer's read."""
+        with self._tx() as conn:
+            row = conn.execute(select(shipments).where(shipments.c.id == shipment_id)).first()
+            if row is None:
+                raise NotFound(f"no shipment {shipment_id}")
+            rows = self._item_rows(conn, shipment_id)
+        return _shipment(row, rows, _without_jwes)
+
+    def shipment_audit(self, shipment_id: str) -> list[AuditRecord]:
+        """The audit records of one shipment, oldest first."""
+        with self._tx() as conn:
+            rows = conn.execute(select(audit).where(audit.c.shipment_id == shipment_id).order_by(audit.c.id)).all()
+        return [_audit_record(r) for r in rows]
+
+    def recent_audit(self, *, limit: int = 100, offset: int = 0, event: str | None = None) -> tuple[list[AuditRecord], int]:
+        """The newest audit records first (of one event kind if given), and how many there are."""
+        query = select(audit)
+        if event:
+            query = query.where(audit.c.event == event)
+        with self._tx() as conn:
+            total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+            rows = conn.execute(query.order_by(audit.c.id.desc()).limit(limit).offset(offset)).all()
+        return [_audit_record(r) for r in rows], total
+
+    def failed_items(self, *, limit: int = 100) -> list[FailedItem]:
+        """Items that failed, newest first, with their error and the keys that were tried."""
+        query = (
+            select(items.c.id, items.c.shipment_id, items.c.result, items.c.finished_at, shipments.c.owner,
+                   shipments.c.state_override)
+            .join(shipments, shipments.c.id == items.c.shipment_id)
+            .where(items.c.state == ItemState.FAILED.value)
+            .order_by(items.c.finished_at.desc(), items.c.id.desc()).limit(limit)
+        )
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+            ids = [r.id for r in rows]
+            trail = conn.execute(select(audit).where(audit.c.item_id.in_(ids)).order_by(audit.c.id)).all() if ids else []
+        by_item: dict[int, list[AuditRecord]] = {}
+        for r in trail:
+            by_item.setdefault(r.item_id, []).append(_audit_record(r))
+        out = []
+        for r in rows:
+            error = json.loads(r.result) if r.result else {}
+            out.append(FailedItem(item_id=r.id, shipment_id=r.shipment_id, owner=r.owner,
+                                  error_code=str(error.get("error_code")), error_message=str(error.get("error_message", "")),
+                                  finished_at=r.finished_at, attempts=by_item.get(r.id, [])))
+        return out
+
+    def tenant_counts(self) -> dict[str, dict[int, int]]:
+        """Per tenant (shipment owner), how many shipments are in each state."""
+        state_col = _shipment_state_column()
+        query = (select(shipments.c.owner, state_col.label("state"), func.count().label("n"))
+                 .select_from(_with_item_counts()).group_by(shipments.c.owner, state_col))
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+        counts: dict[str, dict[int, int]] = {}
+        for r in rows:
+            counts.setdefault(r.owner, {})[int(r.state)] = r.n
+        return counts
+
+    # -- station status (the daemon's own report of its slots) -----------------------------------
+    def record_station_status(self, station: Principal, report: dict[str, Any], *,
+                              now: float | None = None) -> None:
+        """Keep `station`'s latest report (its heartbeat); a slot newly holding an item this station
+        has claimed is noted in that item's audit trail (`on_slot`)."""
+        now = _now(now)
+        with self._tx() as conn:
+            previous = conn.execute(
+                select(station_status.c.report).where(station_status.c.token_id == station.id).with_for_update()
+            ).scalar()
+            before = {(s.get("slot"), s.get("item")) for s in (json.loads(previous).get("slots", []) if previous else [])}
+            if previous is None:
+                conn.execute(insert(station_status).values(token_id=station.id, reported_at=now, report=_canonical(report)))
+            else:
+                conn.execute(update(station_status).where(station_status.c.token_id == station.id)
+                             .values(reported_at=now, report=_canonical(report)))
+            held = [s for s in report.get("slots", []) if s.get("item") and (s.get("slot"), s.get("item")) not in before]
+            if held:
+                known = dict(conn.execute(  # only what this station holds: a report cannot mark another's
+                    select(items.c.id, items.c.shipment_id).where(
+                        items.c.id.in_([s["item"] for s in held]), items.c.lease_owner == station.id,
+                        items.c.state == ItemState.CLAIMED.value)).all())
+                for s in held:
+                    if s["item"] in known:
+                        self._audit(conn, now, AuditEvent.ON_SLOT, s["item"], known[s["item"]], station=station,
+                                    serial_number=s.get("serial"), outcome=f"slot {s.get('slot')}")
+
+    def stations(self) -> list[StationView]:
+        """Every station token, with its latest status report and its last audit activity."""
+        last = (select(audit.c.token_id, func.max(audit.c.at).label("last_at"))
+                .group_by(audit.c.token_id).subquery())
+        query = (
+            select(tokens.c.id, tokens.c.name, station_status.c.reported_at, station_status.c.report, last.c.last_at)
+            .outerjoin(station_status, station_status.c.token_id == tokens.c.id)
+            .outerjoin(last, last.c.token_id == tokens.c.id)
+            .where(tokens.c.role == Role.STATION.value).order_by(tokens.c.name, tokens.c.id)
+        )
+        held = (select(items.c.lease_owner, func.count().label("n"))
+                .where(items.c.state == ItemState.CLAIMED.value).group_by(items.c.lease_owner))
+        with self._tx() as conn:
+            rows = conn.execute(query).all()
+            leases = dict(conn.execute(held).all())
+        return [StationView(token_id=r.id, name=r.name, reported_at=r.reported_at,
+                            report=json.loads(r.report) if r.report else None, last_activity=r.last_at,
+                            leases=leases.get(r.id, 0)) for r in rows]
 
     # -- station side --------------------------------------------------------------------------
     def claim(self, station: Principal, lease_seconds: float, *, now: float | None = None) -> Claim | None:
@@ -856,17 +1156,87 @@ class Store:
             query = query.where(audit.c.item_id == item_id)
         with self._tx() as conn:
             rows = conn.execute(query).all()
-        return [
-            AuditRecord(r.at, AuditEvent(r.event), r.item_id, r.shipment_id, r.station,
-                        r.serial_number, r.outcome)
-            for r in rows
-        ]
+        return [_audit_record(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """How many items are in each state (for the bench and the operator)."""
         with self._tx() as conn:
             rows = conn.execute(select(items.c.state, func.count()).group_by(items.c.state)).all()
         return {state.value: 0 for state in ItemState} | {r[0]: r[1] for r in rows}
+
+
+def _shipment(row, item_rows, result: Any) -> Shipment:
+    """A Shipment from its row and its items' rows; `result` reads each stored result."""
+    return Shipment(
+        id=row.id, owner=row.owner, envelope=json.loads(row.envelope), created=row.created,
+        state_override=row.state_override, tracking_number=row.tracking_number, updated=row.updated,
+        items=[ItemView(id=r.id, position=r.position, descriptor=json.loads(r.descriptor),
+                        state=ItemState(r.state), result=result(r.result)) for r in item_rows],
+    )
+
+
+def _audit_record(r) -> AuditRecord:
+    return AuditRecord(r.at, AuditEvent(r.event), r.item_id, r.shipment_id, r.station, r.serial_number, r.outcome)
+
+
+def _without_jwes(result: str | None) -> dict[str, Any] | None:
+    """An item's stored result as an operator may see it: serial, firmware, error; no JWE."""
+    if result is None:
+        return None
+    data = json.loads(result)
+    return {k: v for k, v in data.items() if k in ("serial_number", "firmware_version", "error_code", "error_message")}
+
+
+def _item_counts():
+    """Per shipment: how many items, how many failed, finished, and no longer queued."""
+    finished = (ItemState.FULFILLED.value, ItemState.FAILED.value)
+    return (
+        select(
+            items.c.shipment_id,
+            func.count().label("n"),
+            func.sum(case((items.c.state == ItemState.FAILED.value, 1), else_=0)).label("failed"),
+            func.sum(case((items.c.state.in_(finished), 1), else_=0)).label("done"),
+            func.sum(case((items.c.state != ItemState.QUEUED.value, 1), else_=0)).label("started"),
+        )
+        .group_by(items.c.shipment_id)
+        .subquery("item_counts")
+    )
+
+
+_ITEM_COUNTS = _item_counts()
+
+
+def _with_item_counts():
+    return shipments.outerjoin(_ITEM_COUNTS, _ITEM_COUNTS.c.shipment_id == shipments.c.id)
+
+
+def _shipment_state_column():
+    """derive_state in SQL (with the operator's override first), for filters and counts."""
+    c = _ITEM_COUNTS.c
+    return case(
+        (shipments.c.state_override.is_not(None), shipments.c.state_override),
+        ((c.n > 0) & (c.done == c.n) & (c.failed > 0), int(ShipmentState.PROCESSING_ERROR)),
+        ((c.n > 0) & (c.done == c.n), int(ShipmentState.PROGRAMMED)),
+        (c.started > 0, int(ShipmentState.IN_FULFILLMENT)),
+        else_=int(ShipmentState.RECEIVED),
+    )
+
+
+def set_shipment_state(url: str | None, shipment_id: str, state: ShipmentState, *,
+                       tracking_number: str | None = None) -> str:
+    """`station ship` and `station delivered`: an operator's move in the store at `url`; the line
+    to print."""
+    try:
+        uuid.UUID(shipment_id)
+    except ValueError:
+        raise UsageError(f"{shipment_id!r} is not a shipment id (a UUID)") from None
+    store = Store.open(url)
+    try:
+        shipment = store.set_state(shipment_id, state, tracking_number=tracking_number)
+    finally:
+        store.close()
+    line = f"shipment {shipment.id}: {int(shipment.state)} {shipment.state.meaning}"
+    return line + (f", tracking {shipment.tracking_number}" if shipment.state is ShipmentState.SHIPPED else "")
 
 
 def create_token(url: str | None, role: Role | str, name: str, *, tenant_id: int | None = None,

@@ -514,8 +514,37 @@ _CompactJwe = Annotated[
 ]
 
 
-_Name = Annotated[StrictStr, Field(min_length=1, max_length=100)]
-_OptionalLine = Annotated[StrictStr, Field(max_length=100)]
+#: Characters no shipment field may hold (PROTOCOL.md §4): C0/C1 controls (NUL included), the
+#: line and paragraph separators, and the bidirectional marks, embeddings, overrides and
+#: isolates that make a label read differently from what is stored (Unicode UAX #9).
+_FORBIDDEN_CHARACTERS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _printable(value: str) -> str:
+    found = _FORBIDDEN_CHARACTERS.search(value)
+    if found is not None:
+        raise ValueError(
+            f"holds the control or bidi character U+{ord(found.group()):04X} at position {found.start()}"
+        )
+    return value
+
+
+def _text(max_length: int, *, required: bool = False, pattern: str | None = None):
+    """A shipment text field: at most `max_length` characters, none of them a control or bidi one."""
+    return Annotated[
+        StrictStr,
+        Field(min_length=1 if required else 0, max_length=max_length, pattern=pattern),
+        AfterValidator(_printable),
+    ]
+
+
+#: countries whose addresses need a `region` (YubiEnterprise: US and CA)
+REGION_REQUIRED = frozenset({"US", "CA"})
+#: `recipient_telephone` limits: 40 characters, 255 for India (YubiEnterprise)
+TELEPHONE_MAX = 40
+TELEPHONE_MAX_BY_COUNTRY = {"IN": 255}
 
 
 class _Body(BaseModel):
@@ -525,25 +554,48 @@ class _Body(BaseModel):
 
 
 class Recipient(_Body):
-    recipient_company: _OptionalLine = ""
-    recipient_email: Annotated[
-        StrictStr, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    ]
-    recipient_firstname: _Name
-    recipient_lastname: _Name
-    recipient_telephone: Annotated[
-        StrictStr, Field(max_length=32, pattern=r"^\+?[0-9 ()./-]{3,32}$")
-    ]
+    """YubiEnterprise's recipient limits: company 20, first name 15, last name 20, email 80,
+    telephone 40 (255 in India: checked against the address, `check_envelope`)."""
+
+    recipient_company: _text(20) = ""
+    recipient_email: _text(80, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    recipient_firstname: _text(15, required=True)
+    recipient_lastname: _text(20, required=True)
+    recipient_telephone: _text(max(TELEPHONE_MAX_BY_COUNTRY.values()), pattern=r"^\+?[0-9 ()./-]{3,}$")
 
 
 class MailingAddress(_Body):
-    street_line1: _Name
-    street_line2: _OptionalLine = ""
-    street_line3: _OptionalLine = ""
-    city: _Name
-    region: _OptionalLine = ""
-    postal_code: Annotated[StrictStr, Field(max_length=20)] = ""
+    """Street lines and city 60, region 50 (required for US and CA), postal code 20, a
+    two-letter country code."""
+
+    street_line1: _text(60, required=True)
+    street_line2: _text(60) = ""
+    street_line3: _text(60) = ""
+    city: _text(60, required=True)
+    region: _text(50) = ""
+    postal_code: _text(20) = ""
     country_code_2: Annotated[StrictStr, Field(pattern=r"^[A-Z]{2}$")]
+
+    @model_validator(mode="after")
+    def _region_where_required(self) -> MailingAddress:
+        if self.country_code_2 in REGION_REQUIRED and not self.region.strip():
+            raise ValueError(f"region is required for country_code_2 {self.country_code_2}")
+        return self
+
+
+def check_envelope(recipient: Recipient, address: MailingAddress) -> None:
+    """The limits that span recipient and address: the telephone's length by country.
+    ValueError names the field."""
+    limit = TELEPHONE_MAX_BY_COUNTRY.get(address.country_code_2, TELEPHONE_MAX)
+    if len(recipient.recipient_telephone) > limit:
+        raise ValueError(
+            f"recipient.recipient_telephone: at most {limit} characters for country_code_2 "
+            f"{address.country_code_2}, not {len(recipient.recipient_telephone)}"
+        )
+
+
+DeliveryType = Annotated[StrictInt, Field(ge=1, le=2)]
+"""1 standard, 2 expedited (YubiEnterprise)."""
 
 
 class ProductCustomization(_Body):
@@ -554,30 +606,60 @@ class ProductCustomization(_Body):
 class ShipmentItem(_Body):
     product_id: StrictInt = Field(gt=0)
     inventory_product_id: StrictInt = Field(gt=0)
-    product_quantity: Literal[1]
-    customization_id: Annotated[StrictStr, Field(max_length=64)] = ""
+    product_quantity: Annotated[StrictInt, Field(ge=1, le=1)]
+    customization_id: _text(64) = ""
     product_customizations: list[ProductCustomization] = Field(min_length=1, max_length=1)
 
 
 class ShipmentRequest(_Body):
-    """The body of `POST /v1/fpr/shipments` (PROTOCOL.md §4, YubiEnterprise shape).
+    """A shipment body in the YubiEnterprise shape (PROTOCOL.md §4); offline (`station
+    fulfill`) a file may hold several items, the service takes exactly one (`ShipmentOrder`).
 
-    Field limits checked at the door:
-    - `delivery_type` 1..3; `recipient_*` names ≤ 100 characters (first and last name
-      required), `recipient_email` ≤ 254 and shaped like an address, `recipient_telephone`
-      3..32 of digits, spaces, `+()./-`;
-    - `street_line1` and `city` required, every address line ≤ 100, `postal_code` ≤ 20,
-      `country_code_2` two upper-case letters (ISO 3166-1 alpha-2);
-    - 1..100 `shipment_items`, each `product_quantity` 1 with exactly one
-      `product_customizations` entry holding one `fido_pin_request` and 1..25
-      `fido_credential_requests`; `customization_id` ≤ 64;
+    Field limits:
+    - `delivery_type` 1 (standard) or 2 (expedited);
+    - recipient: company ≤ 20, first name 1..15, last name 1..20, email ≤ 80 and shaped like
+      an address, telephone ≥ 3 of digits, spaces, `+()./-`, ≤ 40 (≤ 255 for `IN`);
+    - address: `street_line1` and `city` required, street lines and city ≤ 60, region ≤ 50
+      (required for US and CA), `postal_code` ≤ 20, `country_code_2` two upper-case letters;
+    - no field holds a control character, NUL or a bidi mark, embedding, override or isolate;
+    - each item's `product_quantity` the integer 1 with exactly one `product_customizations`
+      entry holding one `fido_pin_request` and 1..25 `fido_credential_requests`;
+      `customization_id` ≤ 64;
     - every JWE a compact serialization (five b64u parts) of at most 64 KiB.
     """
 
-    delivery_type: StrictInt = Field(ge=1, le=3)
+    delivery_type: DeliveryType
     recipient: Recipient
     mailing_address: MailingAddress
     shipment_items: list[ShipmentItem] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _envelope_limits(self) -> ShipmentRequest:
+        check_envelope(self.recipient, self.mailing_address)
+        return self
+
+
+class ShipmentOrder(ShipmentRequest):
+    """The body of `POST /v1/fpr/shipments`: exactly one item (one key per shipment)."""
+
+    shipment_items: list[ShipmentItem] = Field(min_length=1, max_length=1)
+
+
+class ShipmentPatch(_Body):
+    """The body of `PATCH /v1/fpr/shipments/{id}`: any of the envelope's three members (the
+    products and their requests cannot change); at least one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"minProperties": 1})
+
+    delivery_type: DeliveryType = None
+    recipient: Recipient = None
+    mailing_address: MailingAddress = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ShipmentPatch:
+        if self.delivery_type is None and self.recipient is None and self.mailing_address is None:
+            raise ValueError("give at least one of recipient, mailing_address, delivery_type")
+        return self
 
 
 class ProductData(_Body):

@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from shipments import check_fulfilled
+from shipments import check_fulfilled, post_each
 
-from station.customer.orders import seal_item, shipment_body
+from station.customer.orders import seal_item
 from station.fulfillment.client import FulfillmentClient
 from station.fulfillment.embedded import EmbeddedService
 from station.fulfillment.store import AuditEvent, Role, Store
@@ -31,7 +31,7 @@ def test_eight_station_processes_on_postgresql_claim_every_item_once(pg_cluster,
             customer = FulfillmentClient(service.url, store.create_token(Role.CUSTOMER, "acme"))
             jwks = customer.jwks("transport")
             items = [seal_item(transport_jwks=jwks, options=[OPTIONS]) for _ in range(ITEMS)]
-            shipment_id = customer.post_shipment(shipment_body(items)).shipment_id
+            shipment_id = post_each(customer, items)
             env = {k: v for k, v in os.environ.items() if not k.startswith("STATION_")}
             stations = [
                 subprocess.Popen(
@@ -55,7 +55,7 @@ def test_eight_station_processes_on_postgresql_claim_every_item_once(pg_cluster,
             claims = [r.item_id for r in store.audit_trail() if r.event == AuditEvent.CLAIMED]
             assert sorted(claims) == sorted(set(claims)) and len(claims) == ITEMS  # claimed once each
 
-            check_fulfilled(customer, shipment_id, items)  # state 103, responses open, one key per item
+            check_fulfilled(customer, shipment_id, items)  # state 102, responses open, one key per item
             customer.close()
     finally:
         store.close()

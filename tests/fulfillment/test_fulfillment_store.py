@@ -18,6 +18,7 @@ from station.fulfillment.store import (
     ReplayedRequest,
     Role,
     ShipmentState,
+    derive_state,
     Store,
     schema_version,
 )
@@ -226,7 +227,7 @@ def test_submit_is_idempotent_and_refuses_a_different_result(store, new_items, s
     with pytest.raises(Conflict):
         store.submit(other_station, claim.item_id, product_data=PRODUCT_DATA)
     shipment = store.get_shipment("acme", shipment_id)
-    assert shipment.state is ShipmentState.FULFILLED
+    assert shipment.state is ShipmentState.PROGRAMMED
     assert shipment.items[0].result == PRODUCT_DATA
     finished = [r for r in store.audit_trail(claim.item_id) if r.event is AuditEvent.FULFILLED]
     assert [(r.serial_number, r.outcome) for r in finished] == [("12345678", "fulfilled")]
@@ -272,11 +273,11 @@ def test_the_audit_holds_no_request_or_response(store, make_jwe, station):
 
 
 def test_shipment_state_derives_from_items():
-    of = ShipmentState.of
+    of = derive_state
     assert of([ItemState.QUEUED, ItemState.QUEUED]) is ShipmentState.RECEIVED
     assert of([ItemState.QUEUED, ItemState.CLAIMED]) is ShipmentState.IN_FULFILLMENT
     assert of([ItemState.FULFILLED, ItemState.QUEUED]) is ShipmentState.IN_FULFILLMENT
-    assert of([ItemState.FULFILLED, ItemState.FULFILLED]) is ShipmentState.FULFILLED
+    assert of([ItemState.FULFILLED, ItemState.FULFILLED]) is ShipmentState.PROGRAMMED
     assert of([ItemState.FULFILLED, ItemState.FAILED]) is ShipmentState.PROCESSING_ERROR
 
 

@@ -10,11 +10,13 @@ import sys
 
 import pytest
 
-from station.customer.orders import seal_item, shipment_body
+from station.customer.orders import seal_item
 from station.fulfillment.client import FulfillmentClient
 from station.fulfillment.runner import RunOptions, Station
 from station.fulfillment.store import Role
 from station.protocol.jose import open_response
+
+from shipments import merged_view, post_each
 
 from .conftest import ROOT, load_script
 
@@ -96,14 +98,14 @@ def test_a_provisioning_round_trip_leaves_no_pin_anywhere(tmp_path, caplog):
     with fault_matrix.Service(tmp_path / "service") as service, \
             FulfillmentClient(service.url, service.store.create_token(Role.CUSTOMER, "acme")) as customer:
         items = [seal_item(transport_jwks=customer.jwks("transport"), options=OPTIONS) for _ in range(2)]
-        shipment_id = customer.post_shipment(shipment_body(items)).shipment_id
+        shipment_id = post_each(customer, items)
         events: list[dict] = []
         opts = RunOptions(service=service.url, token=service.store.create_token(Role.STATION, "s1"),
                           spec=f"virtual:{tmp_path}/vkeys/", keys_dir=service.keystore.path,
                           journal_dir=tmp_path / "journal", profile="yubikey-5-nfc-5.7", until_empty=True,
                           poll_seconds=0.05, heartbeat_seconds=0.5)
         assert Station(opts, on_event=events.append).run() == 2
-        view = customer.get_shipment(shipment_id).model_dump(mode="json")
+        view = merged_view(customer, shipment_id)
         pins = []
         for item_view, item in zip(view["shipment_items"], items):
             opened = open_response(item_view["product_data"][0]["fido_pin_response"],
