@@ -166,8 +166,11 @@ def _record(conn: Connection, names: list[str]) -> None:
 
 
 def applied_steps(conn: Connection) -> list[str]:
-    """The names of the steps this database has had, in the order they were applied."""
-    return list(conn.execute(select(_migrations.c.name).order_by(_migrations.c.applied, _migrations.c.name)).scalars())
+    """The names of the steps this database has had, in the order they were applied (steps
+    recorded at the same instant, as on a fresh database, in list order; unknown ones last)."""
+    position = {s.name: i for i, s in enumerate(STEPS)}
+    rows = conn.execute(select(_migrations.c.name, _migrations.c.applied)).all()
+    return [r.name for r in sorted(rows, key=lambda r: (r.applied, position.get(r.name, len(position)), r.name))]
 
 
 # ============================================================================ the steps

@@ -8,6 +8,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -138,12 +139,8 @@ def test_only_token_hashes_are_stored(db, tmp_path):
 def test_a_database_from_before_tenants_is_upgraded_and_its_tokens_keep_working(tmp_path):
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)
-    old.executescript("""
-        CREATE TABLE schema_version (version INTEGER NOT NULL);
-        INSERT INTO schema_version VALUES (1);
-        CREATE TABLE tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, token_hash VARCHAR(64) NOT NULL UNIQUE,
-                             role VARCHAR(16) NOT NULL, name VARCHAR(200) NOT NULL, created FLOAT NOT NULL);
-    """)
+    # the schema main had before tenants and migrations (tests/fulfillment/schemas)
+    old.executescript((Path(__file__).resolve().parent.parent / "fulfillment" / "schemas" / "v1_sqlite.sql").read_text())
     old.execute("INSERT INTO tokens (token_hash, role, name, created) VALUES (?, 'customer', 'acme', 0)",
                 (hashlib.sha256(b"old-token").hexdigest(),))
     old.commit()
