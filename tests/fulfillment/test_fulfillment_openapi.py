@@ -32,6 +32,7 @@ OPERATIONS = [
     ("POST", "/v1/station/items/{item_id}/heartbeat"),
     ("POST", "/v1/station/items/{item_id}/submit"),
     ("POST", "/v1/station/items/{item_id}/release"),
+    ("POST", "/v1/station/items/{item_id}/confirm"),
 ]
 
 
