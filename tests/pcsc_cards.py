@@ -23,12 +23,13 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def start_serve(statefile: Path, processes: list, presence: str = "approve") -> subprocess.Popen:
+def start_serve(statefile: Path, processes: list, presence: str = "approve", *, port: int = TEST_PORT,
+                fault: str | None = None) -> subprocess.Popen:
     """`station virtual serve` in a subprocess (registered in `processes` at once); returns once
     it said the card is inserted."""
     process = subprocess.Popen(
         [sys.executable, "-m", "station.cli", "virtual", "serve", str(statefile),
-         "--vpcd", f"127.0.0.1:{TEST_PORT}", "--presence", presence],
+         "--vpcd", f"127.0.0.1:{port}", "--presence", presence, *(["--fault", fault] if fault else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -56,10 +57,10 @@ def _reader(name: str = TEST_READER):
     return next(r for r in readers() if str(r) == name)
 
 
-def _try_connect() -> bool | None:
+def _try_connect(name: str = TEST_READER) -> bool | None:
     """True: a card answered; False: pcscd says no card; None: in between (link gone, pcscd
     not polled yet, or still powering the card up)."""
-    connection = _reader().createConnection()
+    connection = _reader(name).createConnection()
     try:
         connection.connect()
         connection.disconnect()
@@ -72,19 +73,19 @@ def _try_connect() -> bool | None:
         connection.release()
 
 
-def wait_for_card(seconds: float = 10.0):
+def wait_for_card(seconds: float = 10.0, name: str = TEST_READER):
     """The reader once pcscd sees a card in it (pcscd polls presence a few times a second)."""
     deadline = time.monotonic() + seconds
-    while not _try_connect():
+    while not _try_connect(name):
         assert time.monotonic() < deadline, "pcscd sees no card"
         time.sleep(0.1)
-    return _reader()
+    return _reader(name)
 
 
-def wait_for_removal(seconds: float = 10.0) -> None:
+def wait_for_removal(seconds: float = 10.0, name: str = TEST_READER) -> None:
     """Until pcscd noticed the card left (so the next insertion is seen as a new card)."""
     deadline = time.monotonic() + seconds
-    while _try_connect() is not False:
+    while _try_connect(name) is not False:
         assert time.monotonic() < deadline, "pcscd still sees a card"
         time.sleep(0.1)
 

@@ -49,6 +49,7 @@ from station.fulfillment.models import (
     Jwks,
     LeaseRequest,
     LeaseView,
+    QueueView,
     ReleasedView,
     ReleaseRequest,
     ShipmentCreated,
@@ -407,6 +408,11 @@ def _add_station_routes(app: FastAPI) -> None:
             generation=claimed.generation,
             attempts=claimed.attempts,
         )
+
+    @app.get("/v1/station/queue", response_model=QueueView, tags=["station"])
+    def queue(station: Station, request: Request) -> QueueView:
+        """How many items are queued (not claimed, not finished)."""
+        return QueueView(queued=_store(request).counts().get(ItemState.QUEUED.value, 0))
 
     @app.post("/v1/station/items/{item_id}/heartbeat", response_model=LeaseView, tags=["station"])
     def heartbeat(item_id: ItemId, station: Station, request: Request,

@@ -22,6 +22,7 @@ from station.fulfillment.models import (
     ItemStateView,
     Jwks,
     LeaseView,
+    QueueView,
     ReleasedView,
     ShipmentCreated,
     ShipmentView,
@@ -76,6 +77,10 @@ class FulfillmentClient:
         """Lease the next item, or None when the queue is empty."""
         data = self._call("POST", "/v1/station/claim", {"lease_seconds": lease_seconds})
         return None if data is None else ClaimedItem.model_validate(data)
+
+    def queued(self) -> int:
+        """How many items wait in the queue."""
+        return QueueView.model_validate(self._call("GET", "/v1/station/queue")).queued
 
     def heartbeat(self, item_id: int, lease_seconds: int = DEFAULT_LEASE_SECONDS, *,
                   generation: int | None = None) -> LeaseView:

@@ -134,6 +134,12 @@ class ReleaseRequest(_Body):
     error: ItemError | None = None
 
 
+class QueueView(_Body):
+    """How many items wait in the queue (a station with no key in hand and --until-empty asks)."""
+
+    queued: int
+
+
 class ReleasedView(_Body):
     item_id: int
     item_state: Literal["queued", "failed"]

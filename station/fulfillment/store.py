@@ -55,7 +55,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from station.errors import InvalidRequest, UsageError
-from station.fulfillment.errors import Conflict, NotFound, ServiceUnavailable
+from station.fulfillment.errors import STALE_LEASE, Conflict, NotFound, ServiceUnavailable
 from station.protocol.jose import request_digest
 
 SCHEMA_VERSION = 1
@@ -65,8 +65,7 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: An item whose station reported a write is not handed to another station until its lease
 #: expired this long ago (the first station may still be writing, cut off from the service).
 DEFAULT_WRITE_GRACE_SECONDS = 600.0
-#: The Conflict code of a heartbeat, confirm, submit or release for a claim that was superseded.
-STALE_LEASE = "stale_lease"
+
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 metadata = MetaData()

@@ -33,6 +33,7 @@ OPERATIONS = [
     ("POST", "/v1/station/items/{item_id}/submit"),
     ("POST", "/v1/station/items/{item_id}/release"),
     ("POST", "/v1/station/items/{item_id}/confirm"),
+    ("GET", "/v1/station/queue"),
 ]
 
 
