@@ -227,16 +227,16 @@ def _virtual_transport_option(func):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fail_cleanly
 def devices(as_json: bool) -> None:
-    """Every attached authenticator (USB-HID and PC/SC)."""
+    """Every attached authenticator (USB-HID and PC/SC); keys a station slot holds are listed as
+    in use and never opened."""
     from station.console import print_devices
-    from station.device.discovery import list_devices
+    from station.device.discovery import scan
 
-    found = list_devices()
+    found = scan()
     try:
-        print_devices(found, as_json=as_json)
+        print_devices(found.devices, as_json=as_json, busy=found.busy, refused=found.refused)
     finally:
-        for device in found:
-            device.close()
+        found.close()
 
 
 @cli.command()

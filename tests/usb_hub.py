@@ -21,14 +21,26 @@ from station.virtual import VirtualAuthenticator, new_virtual
 from station.virtual.hid import VirtualHidDevice
 
 
+class _U2fOnlyHidDevice(VirtualHidDevice):
+    """A key whose CTAPHID_INIT offers no CBOR (a FIDO U2F-only key): python-fido2's Ctap2
+    refuses it with ValueError("Device does not support CTAP2.")."""
+
+    @property
+    def capabilities(self):
+        from fido2.hid import CAPABILITY
+
+        return CAPABILITY.WINK
+
+
 class _Port:
-    def __init__(self, path: str, statefile: Path, authenticator: VirtualAuthenticator) -> None:
+    def __init__(self, path: str, statefile: Path, authenticator: VirtualAuthenticator, u2f_only: bool) -> None:
         self.path, self.statefile, self.authenticator = path, statefile, authenticator
-        self.device = VirtualHidDevice(authenticator)
+        self.device = (_U2fOnlyHidDevice if u2f_only else VirtualHidDevice)(authenticator)
         self.descriptor = dataclasses.replace(self.device.descriptor, path=path)
         self.connections: list[_Connection] = []
         self.wedged = threading.Event()
         self.opened = 0
+        self.most_openers = 0  # the most connections open at once: a held key must never get a second
 
 
 class _Connection(CtapHidConnection):
@@ -47,6 +59,8 @@ class _Connection(CtapHidConnection):
         return self.inner.read_packet()
 
     def close(self) -> None:
+        if self in self.port.connections:
+            self.port.connections.remove(self)
         self.inner.close()
 
 
@@ -58,15 +72,16 @@ class UsbHub:
         self._numbers = itertools.count()
         self._lock = threading.Lock()
         self.ports: dict[str, _Port] = {}
+        self.unplugged_openers: list[int] = []
 
     def plug(self, profile: str = "yubikey-5-nfc-5.7", *, path: str | None = None, statefile: Path | None = None,
-             **create) -> str:
+             u2f_only: bool = False, **create) -> str:
         number = next(self._numbers)
         path = path or f"/dev/hidraw{number}"
         if statefile is None:
             statefile = self.folder / f"usb-key-{number}.json"
             new_virtual(statefile, profile, **create).close()
-        port = _Port(path, statefile, VirtualAuthenticator.open(statefile))
+        port = _Port(path, statefile, VirtualAuthenticator.open(statefile), u2f_only)
         with self._lock:
             assert path not in self.ports, f"{path} is taken"
             self.ports[path] = port
@@ -77,6 +92,7 @@ class UsbHub:
             port = self.ports.pop(path, None)
         if port is None:
             return
+        self.unplugged_openers.append(port.most_openers)
         for connection in list(port.connections):
             connection.close()
         port.authenticator.close()
@@ -89,6 +105,10 @@ class UsbHub:
 
     def opened(self, path: str) -> int:
         return self.ports[path].opened if path in self.ports else 0
+
+    def most_openers(self) -> int:
+        """The most connections any key ever had open at once (1: no key was opened twice)."""
+        return max([p.most_openers for p in self.ports.values()] + self.unplugged_openers)
 
     def close(self) -> None:
         for path in list(self.ports):
@@ -107,6 +127,7 @@ class UsbHub:
         port.opened += 1
         connection = _Connection(port)
         port.connections.append(connection)
+        port.most_openers = max(port.most_openers, len(port.connections))
         return connection
 
 

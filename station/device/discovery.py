@@ -45,6 +45,8 @@ class Device:
     short_model: str = ""
     #: the device's lock file (station.device.pool), released when the device is closed
     lock: Any = field(default=None, repr=False)
+    #: set by the watchdog when the key stopped answering
+    wedged: bool = False
 
     @property
     def aaguid(self) -> uuid.UUID:

@@ -279,14 +279,35 @@ class KeyPool:
             return present and count == seen
         if device.transport == TRANSPORT_HID:
             ctap_device = getattr(device, "ctap_device", None)
-            if ctap_device is None:  # never opened (wedged at insertion): watch its node
-                return any(c.path == device.path for c in candidates("hid", device.path))
+            if ctap_device is None or getattr(device, "wedged", False):
+                return self._same_key_at(device)
             try:
                 run_with_deadline(lambda: ctap_device.ping(b"station"), 5.0, name=f"ping {device.path}")
             except (Wedged, *TRANSPORT_ERRORS):
                 return False
             return True
         return True  # a virtual key stays where its state file is
+
+
+    def _same_key_at(self, device) -> bool:
+        """A key that cannot be pinged (wedged, or never opened): gone when its node is, or when a
+        different key answers on that node (a quick swap). A key that still hangs is still there."""
+        found = [c for c in candidates("hid", device.path)]
+        if not found:
+            return False
+        key_id = getattr(device, "key_id", None)
+        if key_id is None:
+            return True
+        try:
+            probe = run_with_deadline(found[0].open, 2.0, name=f"probe {device.path}")
+        except Wedged:
+            return True
+        except (StationError, *TRANSPORT_ERRORS):
+            return False  # something else answers there now
+        try:
+            return probe.key_id == key_id
+        finally:
+            probe.close()
 
 
 class _LockOnly:

@@ -124,6 +124,10 @@ class Station:
         self.client = client or FulfillmentClient(opts.service, opts.token)
         self.pool = pool or KeyPool(opts)
         self.stop = threading.Event()
+        #: --until-empty / --once found the queue empty: take no new item, finish the ones in hand
+        self.draining = threading.Event()
+        self._active = 0
+        self._active_lock = threading.Lock()
         self._emit = on_event or (lambda event: None)
         self._done_lock = threading.Lock()
         self.done = 0
@@ -206,8 +210,15 @@ class Station:
             log.error("slot %s: %s", slot, text)
         return path
 
+    def _drain(self) -> None:
+        """No new items from now on; stop once no slot holds one."""
+        self.draining.set()
+        with self._active_lock:
+            if self._active == 0:
+                self.stop.set()
+
     def _slot_loop(self, slot: int) -> None:
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.draining.is_set():
             self.emit(kind="waiting_key", slot=slot)
             try:
                 got = self.pool.take(self.stop, idle=self._idle)
@@ -243,16 +254,18 @@ class Station:
         """While a slot waits for a key: with --once or --until-empty, stop once nothing is queued."""
         if not (self.opts.once or self.opts.until_empty):
             return False
+        if self.draining.is_set():
+            return True
         try:
             if self.client.queued() == 0:
-                self.stop.set()
+                self._drain()
                 return True
         except ServiceUnavailable:
             pass
         return False
 
     def _claim(self, slot: int, device: Device):
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.draining.is_set():
             if self.pool.watches_insertions() and not self.pool.present(device):
                 return None  # the key left while the queue was empty: wait for the next one
             claim = self.client.claim(self.opts.lease_seconds)
@@ -260,7 +273,7 @@ class Station:
                 return claim
             self.emit(kind="queue_empty", slot=slot)
             if self.opts.once or self.opts.until_empty:
-                self.stop.set()
+                self._drain()
                 return None
             self.stop.wait(self.opts.poll_seconds)
         return None
@@ -268,9 +281,20 @@ class Station:
     def _one_item(self, slot: int, device: Device) -> tuple[bool, str]:
         """Claim and program one item on `device`. (must the key be removed, what is done with it:
         "ship", "reset", "set_aside", "reuse", "unplug", "do_not_ship")."""
-        claim = self._claim(slot, device)
-        if claim is None:
-            return False, "reuse"
+        with self._active_lock:
+            self._active += 1
+        try:
+            claim = self._claim(slot, device)
+            if claim is None:
+                return False, "reuse"
+            return self._claimed_item(slot, device, claim)
+        finally:
+            with self._active_lock:
+                self._active -= 1
+                if self.draining.is_set() and self._active == 0:
+                    self.stop.set()
+
+    def _claimed_item(self, slot: int, device: Device, claim) -> tuple[bool, str]:
         item_id, generation = claim.item_id, claim.generation
         self.journal.record("claimed", item_id, shipment_id=claim.shipment_id, device=device.spec,
                             serial=device.identity.serial, generation=generation)
@@ -396,6 +420,7 @@ class Station:
                 err = DeviceError(f"{device.label}: the key stopped answering for {self.opts.step_timeout:g} s "
                                   f"after step {progress['step']!r} (wedged)")
                 err.key_touched = touched
+                device.wedged = True  # its removal is watched on the node: a PING would hang as well
                 raise with_action(err, "unplug") from None
         if "error" in box:
             raise box["error"]

@@ -7,6 +7,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from counterfeit import self_signed_ca
 from fido2.ctap import CtapError
 from fido2.ctap2 import ClientPin, CredentialManagement
 from fido2.utils import websafe_decode
@@ -100,27 +101,6 @@ def test_the_pin_works_only_after_the_forced_change_and_credentials_are_discover
     assert creds[0][CredentialManagement.RESULT.CRED_PROTECT] == expected_level
 
 
-def _self_signed_ca(name: str):
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
 def _untouched(device) -> None:
     device.refresh()
     assert not device.pin_set
@@ -186,7 +166,7 @@ def test_a_key_failing_midway_is_a_device_error_that_asks_for_a_reset(make_key, 
 
 
 def test_a_key_signed_by_an_unknown_ca_is_not_genuine(make_key, order, keystore, trust):
-    device = make_key(attestation_ca=_self_signed_ca("Counterfeit FIDO Root"))
+    device = make_key(attestation_ca=self_signed_ca("Counterfeit FIDO Root"))
     with pytest.raises(StationError) as failed:
         run_item(device, order("okta"), keystore, trust)
     assert failed.value.code == "device_error" and "not genuine" in failed.value.message
