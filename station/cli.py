@@ -171,13 +171,16 @@ def virtual_profiles() -> None:
 @virtual.command("new")
 @click.argument("statefile", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--profile", required=True, help="One of `station virtual profiles`.")
+@click.option("--fault", "fault", metavar="PLAN", default=None,
+              help="A fault plan kept with the key in STATEFILE.fault: pull-after:N, pull-during:CMD, "
+                   "wedge-after:N, wedge-during:CMD, slow:SECONDS, no-touch[:SECONDS].")
 @fail_cleanly
 @_as_station_error
-def virtual_new(statefile: Path, profile: str) -> None:
+def virtual_new(statefile: Path, profile: str, fault: str | None) -> None:
     """Create a fresh, never-programmed virtual key in STATEFILE (never overwrites)."""
     from station.virtual import new_virtual
 
-    with new_virtual(statefile, profile) as key:
+    with new_virtual(statefile, profile, fault=fault) as key:
         click.echo(f"{statefile}: {key.profile.vendor} {key.profile.model}, serial {key.state.serial}")
 
 
@@ -205,14 +208,19 @@ def _host_port(ctx, param, value: str) -> tuple[str, int]:
               help="Where pcscd's vsmartcard vpcd reader listens.")
 @click.option("--presence", default="approve", show_default=True,
               help="How the simulated user answers a touch: approve | delay:SECONDS | never.")
+@click.option("--fault", "fault", metavar="PLAN", default=None,
+              help="Hardware faults for this run, comma-separated: pull-after:N, pull-during:CMD, "
+                   "wedge-after:N, wedge-during:CMD, slow:SECONDS, no-touch[:SECONDS] "
+                   "(default: the plan kept in STATEFILE.fault, if any).")
 @fail_cleanly
 @_as_station_error
-def virtual_serve(statefile: Path, vpcd: tuple[str, int], presence: str) -> None:
+def virtual_serve(statefile: Path, vpcd: tuple[str, int], presence: str, fault: str | None) -> None:
     """Insert the key in STATEFILE as a card into pcscd's virtual reader until interrupted."""
     from station.virtual.vpcd import serve_until_signalled
 
     host, port = vpcd
-    serve_until_signalled(statefile, host=host, port=port, presence=presence, announce=click.echo)
+    serve_until_signalled(statefile, host=host, port=port, presence=presence, fault=fault, announce=click.echo)
+
 
 
 # ---------------------------------------------------------------- devices, fulfill, reset (provisioning)

@@ -221,3 +221,29 @@ def check_fido2_roundtrip() -> Callable[[dict], None]:
         assert second.response.authenticator_data.counter > first.response.authenticator_data.counter
 
     return check
+
+
+# ---------------------------------------------------------------- virtual USB hub (virtual-transports)
+@pytest.fixture
+def virtual_hid_bus(tmp_path) -> Iterator[object]:
+    """Virtual keys on a USB hub behind python-fido2's own HID enumeration (VirtualHidBus):
+    `bus.plug_new(profile, fault=PLAN)` makes a fresh key and returns its hidraw path; every
+    `fido2.hid.open_device(path)` / `CtapHidDevice.list_devices()` is a new opener (a second
+    opener breaks the first one's channel, as on Linux); `bus.unplug(path)` pulls the key."""
+    from station.virtual import new_virtual, set_plan
+    from station.virtual.hid import VirtualHidBus
+
+    bus = VirtualHidBus()
+    made = []
+
+    def plug_new(profile: str = "yubikey-5-nfc-5.7", fault: str | None = None) -> str:
+        key = new_virtual(tmp_path / f"hub-{len(made)}.json", profile)
+        made.append(key)
+        if fault:
+            set_plan(key, fault)
+        return bus.plug(key)
+
+    bus.plug_new = plug_new  # type: ignore[attr-defined]
+    with bus.installed():
+        yield bus
+    bus.close()

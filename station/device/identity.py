@@ -4,7 +4,8 @@
   vendor command READ_CONFIG (0xC2); over PC/SC the management applet (SELECT A000000527471117,
   then READ_CONFIG), after which the FIDO applet is selected again.
 - HID Crescendo card (PC/SC): the IC serial number of the GlobalPlatform CPLC data
-  (GET DATA 9F7F), which Java Card platforms such as the Crescendo answer.
+  (GET DATA 9F7F), which the card manager of Java Card platforms such as the Crescendo answers
+  (selected first; the FIDO applet is selected again after).
 - HID Crescendo Key over USB: FIDO HID exposes no serial number; it is reported as null with
   that reason.
 Firmware falls back to getInfo's firmwareVersion (CTAP 2.1), read as 0x00MMmmpp.
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 SW_OK = 0x9000
 CPLC_GET_DATA = bytes.fromhex("80CA9F7F00")
+#: SELECT of the GlobalPlatform card manager (issuer security domain): a Java Card FIDO applet
+#: refuses GET DATA, the CPLC lives in the card manager.
+SELECT_CARD_MANAGER = bytes.fromhex("00A4040008A00000015100000000")
 CPLC_TAG = b"\x9f\x7f"
 #: Offset of the 4-byte IC serial number inside the 42-byte CPLC value (GlobalPlatform Card Spec,
 #: GET DATA CPLC: fabricator 2, type 2, OS id 2, OS date 2, OS level 2, fab date 2, serial 4, ...).
@@ -105,8 +109,11 @@ def parse_cplc_serial(reply: bytes) -> str | None:
 def read_crescendo(device: CtapDevice) -> Identity:
     if not isinstance(device, CtapPcscDevice):
         return Identity(None, None, "a Crescendo Key exposes no serial number over FIDO HID")
-    data, sw1, sw2 = device.apdu_exchange(CPLC_GET_DATA)
-    _reselect_fido(device)
+    try:
+        device.apdu_exchange(SELECT_CARD_MANAGER)
+        data, sw1, sw2 = device.apdu_exchange(CPLC_GET_DATA)
+    finally:
+        _reselect_fido(device)
     if (sw1 << 8 | sw2) != SW_OK:
         return Identity(None, None, f"the card refused GET DATA CPLC ({sw1:02X}{sw2:02X})")
     serial = parse_cplc_serial(data)

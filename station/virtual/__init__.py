@@ -16,6 +16,7 @@ from fido2.ctap import CtapDevice
 from .authenticator import VirtualAuthenticator
 from .device import VirtualCtapDevice
 from .errors import KeyBusy, VirtualError
+from .faults import FaultPlan, KeyPulled, KeyWedged, injector, set_plan
 from .presence import LatencyModel, PresencePolicy
 from .profiles import PROFILES, Profile
 
@@ -28,11 +29,22 @@ def open_virtual(
     transport: str = "direct",
     presence: PresencePolicy | None = None,
     latency: LatencyModel | None = None,
+    fault: FaultPlan | str | None = None,
 ) -> CtapDevice:
-    """Power up the key in `statefile` and return it as a CtapDevice over `transport`."""
+    """Power up the key in `statefile` and return it as a CtapDevice over `transport`.
+    `fault` (a FaultPlan or PLAN text) replaces the plan kept in STATEFILE.fault for this opening."""
     if transport not in TRANSPORTS:
         raise VirtualError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
+    plan = FaultPlan.parse(fault) if isinstance(fault, str) else fault
     authenticator = VirtualAuthenticator.open(Path(statefile), presence=presence, latency=latency)
+    try:
+        if plan is not None:
+            set_plan(authenticator, plan)
+        else:
+            injector(authenticator)  # a bad STATEFILE.fault is refused here, not mid-command
+    except VirtualError:
+        authenticator.close()
+        raise
     if transport == "hid":
         from .hid import open_hid
 
@@ -44,13 +56,23 @@ def open_virtual(
     return VirtualCtapDevice(authenticator)
 
 
-def new_virtual(statefile: str | Path, profile: str, **kw: Any) -> VirtualAuthenticator:
-    """A fresh, never-programmed key (see VirtualAuthenticator.create); returned open."""
-    return VirtualAuthenticator.create(Path(statefile), profile, **kw)
+def new_virtual(
+    statefile: str | Path, profile: str, *, fault: FaultPlan | str | None = None, **kw: Any
+) -> VirtualAuthenticator:
+    """A fresh, never-programmed key (see VirtualAuthenticator.create); returned open.
+    `fault` is kept with the key (STATEFILE.fault) and applies whenever it is opened."""
+    plan = FaultPlan.parse(fault) if isinstance(fault, str) else fault
+    key = VirtualAuthenticator.create(Path(statefile), profile, **kw)
+    if plan:
+        set_plan(key, plan, persist=True)
+    return key
 
 
 __all__ = [
     "PROFILES",
+    "FaultPlan",
+    "KeyPulled",
+    "KeyWedged",
     "KeyBusy",
     "LatencyModel",
     "PresencePolicy",
@@ -60,4 +82,5 @@ __all__ = [
     "VirtualError",
     "new_virtual",
     "open_virtual",
+    "set_plan",
 ]

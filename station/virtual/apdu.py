@@ -7,21 +7,45 @@
   command chaining and 61xx like any command) on a profile with U2F, by `process_u2f`;
 - NFCCTAP_MSG (CLA 80, INS 10) carrying a CTAP command byte + CBOR, with short-APDU command
   chaining (CLA bit 0x10) at any block size and extended APDUs; replies longer than Ne come in
-  pieces with SW 61xx, fetched by GET RESPONSE (INS C0);
+  pieces with SW 61xx, fetched by GET RESPONSE (INS C0) with CLA 00 or 80 (libfido2 >= 1.16
+  sends `80 C0 00 00 xx` after a CTAP command and `00 C0 00 00 xx` after SELECT or U2F;
+  python-fido2 always `00 C0`; Java Card FIDO applets accept both, e.g. FIDO2Applet's process());
 - NFCCTAP_GETRESPONSE (INS 11): when the client set P1 bit 0x80 on NFCCTAP_MSG, a request that
   is still running after 100 ms is answered with its keepalive status byte and SW 9100, and the
   client polls; P1 0x11 cancels (CTAP2_ERR_KEEPALIVE_CANCEL);
 - for YubiKey profiles, the management applet (SELECT A000000527471117 answers the firmware
   version string; INS 1D READ_CONFIG answers the page yubikit reads the serial from);
-- for Crescendo profiles, GlobalPlatform GET DATA CPLC (80 CA 9F 7F) with the card's CPLC data,
-  whatever applet is selected (the station sends it with the FIDO applet selected);
+- for Crescendo profiles (Java Cards), the GlobalPlatform card manager: SELECT of the issuer
+  security domain (A000000151000000, or the older A000000003000000, also by its 7-byte prefix
+  A0000000030000 as GPShell sends it) answers its FCI, and then GET DATA CPLC (80 CA 9F 7F, CLA 00
+  too) answers the CPLC data. With the FIDO applet selected GET DATA is an instruction the applet
+  does not know: 6D00, as a Java Card FIDO applet answers any CLA-80 INS but 10/11/C0
+  (FIDO2Applet's process()); the serial is read by selecting the card manager, then the FIDO
+  applet again;
 - ISO errors: 6700 wrong length, 6883 last command of a chain expected, 6985 conditions not
   satisfied, 6A82 application not found, 6A86 incorrect P1/P2, 6A88 data not found, 6D00 INS not
   supported (U2F INS 01–03 too without U2F), 6E00 CLA not supported, 6F00 the authenticator
   failed; U2F's own status words (u2f.py) otherwise.
 
+The clients' framing, which the card must take as is (tests/virtual/test_apdu_replay.py replays it):
+- libfido2 (src/nfc.c, src/iso7816.c, src/pcsc.c; PC/SC since 1.13): builds every command as
+  an extended-format APDU internally (CLA INS P1 00 | 00 Lc1 Lc2 | data | Le1 Le2), then strips the
+  3-byte Lc and the Le and sends SHORT APDUs only: blocks of 240 bytes with CLA | 0x10, each
+  `CLA|10 INS P1 P2 F0 <240 bytes> 00` and answered by exactly 9000, then the last block
+  `CLA INS P1 P2 Lc <data> 00`; SELECT is `00 A4 04 00 08 <AID> 00`, NFCCTAP_MSG is CLA 80 INS 10
+  P1 00 (libfido2 never polls with NFCCTAP_GETRESPONSE). It follows 61xx with GET RESPONSE, Le =
+  SW2, CLA 80 after NFCCTAP_MSG from 1.16 on (00 before), and takes at most 264 bytes per reply
+  (pcsc.c's APDULEN), so a reply must come in pieces of at most 256 bytes + SW;
+- python-fido2 (fido2/pcsc.py): short APDUs chained at 250 bytes (CLA | 0x10, no Le on the
+  chained blocks), the last with Le 00, GET RESPONSE `00 C0 00 00 SW2`; or, with use_ext_apdu,
+  one extended APDU `CLA INS P1 P2 00 Lc1 Lc2 <data>` without Le; NFCCTAP_MSG with P1 80 and
+  NFCCTAP_GETRESPONSE `80 11 P1 00 00` polls.
+
 Assumptions: a command without Le is answered as if Le were 256 (short) or 65536 (extended),
-as contactless cards do in practice; chained data is capped at 7609 bytes (the CTAPHID limit).
+as contactless cards do in practice; chained data is capped at 7609 bytes (the CTAPHID limit);
+after power-up no applet is selected (a client selects the one it wants; a card whose default
+applet is the card manager would be kinder); the card manager's FCI is the one a JCOP card
+answers (6F 10 84 08 <AID> A5 04 9F 65 01 FF, from a GPShell trace of a JCOP 31).
 
 `VirtualCardConnection` is a pyscard `CardConnection` on the applet, in process, so python-fido2's
 real `CtapPcscDevice` (and yubikit) run over it; `open_pcsc(authenticator)` builds that device.
@@ -31,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, unique
@@ -40,8 +65,14 @@ from fido2.ctap import STATUS
 from fido2.pcsc import CtapPcscDevice
 from smartcard.CardConnection import CardConnection
 from smartcard.Exceptions import CardConnectionException, NoCardException
-from smartcard.scard import SCARD_LEAVE_CARD, SCARD_UNPOWER_CARD, SCARD_W_REMOVED_CARD
+from smartcard.scard import (
+    SCARD_E_NOT_TRANSACTED,
+    SCARD_LEAVE_CARD,
+    SCARD_UNPOWER_CARD,
+    SCARD_W_REMOVED_CARD,
+)
 
+from . import faults
 from .errors import VirtualError
 
 if TYPE_CHECKING:
@@ -113,6 +144,7 @@ class _Job:
 
     status: int = STATUS.PROCESSING
     response: bytes | None = None
+    fault: Exception | None = None  # KeyPulled / KeyWedged from the fault plan
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -122,6 +154,10 @@ class FidoApplet:
 
     AID_FIDO = bytes.fromhex("A0000006472F0001")
     AID_MANAGEMENT = bytes.fromhex("A000000527471117")
+    #: GlobalPlatform issuer security domain (card manager) AIDs: GP 2.x, and Open Platform's.
+    AIDS_CARD_MANAGER = (bytes.fromhex("A000000151000000"), bytes.fromhex("A000000003000000"))
+    #: The shortest AID prefix a partial SELECT by DF name may give (ISO 7816-5 RID length).
+    MIN_PARTIAL_AID = 5
     SELECT_REPLY = b"FIDO_2_0"
     SELECT_REPLY_U2F = b"U2F_V2"
     #: How long NFCCTAP_MSG / NFCCTAP_GETRESPONSE wait before answering 9100 (keepalive).
@@ -171,6 +207,7 @@ class FidoApplet:
         self._authenticator = authenticator
         self._lock = threading.RLock()
         self._process_lock = threading.Lock()
+        self._fault: type[Exception] | None = None
         self._reset_card_state()
 
     def _reset_card_state(self) -> None:
@@ -178,6 +215,8 @@ class FidoApplet:
         self._chained: tuple[tuple[int, int, int, int], bytes] | None = None
         self._remaining: bytes | None = None
         self._job: _Job | None = None
+        if self._fault is faults.KeyWedged:
+            self._fault = None  # power loss un-wedges a card; a pulled one stays out
 
     @property
     def atr(self) -> bytes:
@@ -189,11 +228,15 @@ class FidoApplet:
         with self._lock:
             self._abandon_job()
             self._reset_card_state()
+            faults.injector(self._authenticator).power_cycle()
             self._authenticator.power_cycle()
 
     def apdu(self, command: bytes) -> bytes:
-        """Process one command APDU; returns response data + SW1 SW2."""
+        """Process one command APDU; returns response data + SW1 SW2. Under a fault plan it
+        raises faults.KeyPulled (the card left the field) or faults.KeyWedged (no answer)."""
         with self._lock:
+            if self._fault is not None:
+                raise self._fault("the card already failed")
             try:
                 data, sw = self._handle(CommandApdu.parse(bytes(command)))
             except _StatusWord as status:
@@ -204,7 +247,7 @@ class FidoApplet:
     def _handle(self, cmd: CommandApdu) -> tuple[bytes, int]:
         if cmd.cla & ~self.CLA.CHAINING not in (self.CLA.ISO, self.CLA.PROPRIETARY):
             raise _StatusWord(self.SW.CLA_NOT_SUPPORTED)
-        if (cmd.cla, cmd.ins) == (self.CLA.ISO, self.INS.GET_RESPONSE):
+        if cmd.ins == self.INS.GET_RESPONSE and cmd.cla in (self.CLA.ISO, self.CLA.PROPRIETARY):
             return self._get_response(cmd)
         self._remaining = None
         if self._job is not None and cmd.ins != self.INS.NFCCTAP_GETRESPONSE:
@@ -240,7 +283,7 @@ class FidoApplet:
         return data[:ne], self.SW.MORE_DATA | min(len(self._remaining), 256) % 256
 
     def _get_response(self, cmd: CommandApdu) -> tuple[bytes, int]:
-        """GET RESPONSE (00 C0 00 00 Le): the next piece of a long reply."""
+        """GET RESPONSE (00 or 80, C0 00 00 Le): the next piece of a long reply."""
         if (cmd.p1, cmd.p2) != (0, 0):
             raise _StatusWord(self.SW.INCORRECT_P1P2)
         if self._remaining is None:
@@ -252,14 +295,12 @@ class FidoApplet:
     def _execute(self, cmd: CommandApdu) -> tuple[bytes, int]:
         if (cmd.cla, cmd.ins) == (self.CLA.ISO, self.INS.SELECT):
             return self._select(cmd)
-        if (cmd.cla, cmd.ins) == (self.CLA.PROPRIETARY, self.INS.GET_DATA):
-            cplc = self._authenticator.cplc()
-            if cplc is not None:
-                return self._get_data(cmd, cplc)
         if self._selected == self.AID_FIDO:
             return self._fido(cmd)
         if self._selected == self.AID_MANAGEMENT:
             return self._management(cmd)
+        if self._selected in self.AIDS_CARD_MANAGER:
+            return self._card_manager(cmd)
         raise _StatusWord(self.SW.INS_NOT_SUPPORTED)
 
     def _select(self, cmd: CommandApdu) -> tuple[bytes, int]:
@@ -274,15 +315,32 @@ class FidoApplet:
             self._selected = self.AID_MANAGEMENT
             version = ".".join(str(part) for part in self._authenticator.profile.firmware)
             return version.encode(), self.SW.OK
+        card_manager = self._card_manager_aid(cmd.data)
+        if card_manager is not None:
+            self._selected = card_manager
+            fci = b"\x84" + bytes([len(card_manager)]) + card_manager + bytes.fromhex("A5049F6501FF")
+            return b"\x6f" + bytes([len(fci)]) + fci, self.SW.OK
         raise _StatusWord(self.SW.FILE_NOT_FOUND)
+
+    def _card_manager_aid(self, name: bytes) -> bytes | None:
+        """The card manager a SELECT names (whole AID or a partial one), on a Java Card profile."""
+        if self._authenticator.cplc() is None:
+            return None
+        for aid in self.AIDS_CARD_MANAGER:
+            if name == aid or (len(name) >= self.MIN_PARTIAL_AID and aid.startswith(name)):
+                return aid
+        return None
 
     @property
     def _has_management(self) -> bool:
         return self._authenticator.profile.serial_source == "yubikit"
 
-    def _get_data(self, cmd: CommandApdu, cplc: bytes) -> tuple[bytes, int]:
-        """GlobalPlatform GET DATA on a card that has CPLC data: only that object (9F7F)."""
-        if (cmd.p1, cmd.p2) != self.CPLC_P1P2:
+    def _card_manager(self, cmd: CommandApdu) -> tuple[bytes, int]:
+        """The card manager (GlobalPlatform ISD): GET DATA of the CPLC object (9F7F) only."""
+        if cmd.ins != self.INS.GET_DATA:
+            raise _StatusWord(self.SW.INS_NOT_SUPPORTED)
+        cplc = self._authenticator.cplc()
+        if (cmd.p1, cmd.p2) != self.CPLC_P1P2 or cplc is None:
             raise _StatusWord(self.SW.DATA_NOT_FOUND)
         return cplc, self.SW.OK
 
@@ -306,7 +364,13 @@ class FidoApplet:
         """A U2F command (after chaining), passed on as an extended-length request message."""
         lc = len(cmd.data).to_bytes(2, "big") if cmd.data else b""
         message = bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2, 0]) + lc + cmd.data + b"\x00\x00"
-        response = self._authenticator.process_u2f(message)
+        try:
+            response = faults.injector(self._authenticator).run(
+                self._authenticator.process_u2f, message, u2f=True
+            )
+        except (faults.KeyPulled, faults.KeyWedged) as fault:
+            self._fault = type(fault)
+            raise
         return response[:-2], int.from_bytes(response[-2:], "big")
 
     def _nfcctap_msg(self, cmd: CommandApdu) -> tuple[bytes, int]:
@@ -339,6 +403,9 @@ class FidoApplet:
 
     def _finish(self, job: _Job) -> tuple[bytes, int]:
         self._job = None
+        if job.fault is not None:
+            self._fault = type(job.fault)
+            raise job.fault
         if job.response is None:
             return b"", self.SW.NO_PRECISE_DIAGNOSIS
         return job.response, self.SW.OK
@@ -349,9 +416,11 @@ class FidoApplet:
 
         with self._process_lock:
             try:
-                job.response = self._authenticator.process(
-                    request, keepalive=keepalive, cancel=job.cancel
+                job.response = faults.injector(self._authenticator).run(
+                    self._authenticator.process, request, keepalive=keepalive, cancel=job.cancel
                 )
+            except (faults.KeyPulled, faults.KeyWedged) as fault:
+                job.fault = fault
             except Exception:  # the firmware boundary: a crash must still answer the reader
                 logger.exception("the virtual authenticator failed on an NFCCTAP request")
             finally:
@@ -410,8 +479,27 @@ class VirtualCardConnection(CardConnection):
     def doTransmit(self, command, protocol=None) -> tuple[list[int], int, int]:
         if self._disposition is None:
             raise CardConnectionException("the card is not connected")
-        response = self.applet.apdu(bytes(command))
+        try:
+            response = self.applet.apdu(bytes(command))
+        except faults.KeyPulled:
+            self._pulled()
+            raise CardConnectionException(
+                "Failed to transmit with protocol T1. Card was removed.", SCARD_W_REMOVED_CARD
+            ) from None
+        except faults.KeyWedged:
+            time.sleep(faults.WEDGE_TIMEOUT)  # the reader waits for an answer that never comes
+            raise CardConnectionException(
+                "Failed to transmit with protocol T1. Transaction failed.", SCARD_E_NOT_TRANSACTED
+            ) from None
         return list(response[:-2]), response[-2], response[-1]
+
+    def _pulled(self) -> None:
+        """The card left the reader: the handle is dead, the key's state file released."""
+        self._ejected = True
+        self._disposition = None
+        if self._on_eject is not None:
+            on_eject, self._on_eject = self._on_eject, None
+            on_eject()
 
     def doControl(self, controlCode, command) -> list[int]:
         raise CardConnectionException("the virtual reader supports no control codes")

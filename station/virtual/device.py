@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 from fido2.ctap import STATUS, CtapDevice, CtapError
 from fido2.hid import CAPABILITY, CTAPHID
 
+from . import faults
 from .authenticator import VirtualAuthenticator
 
 
@@ -26,6 +27,7 @@ class VirtualCtapDevice(CtapDevice):
 
     def __init__(self, authenticator: VirtualAuthenticator) -> None:
         self.authenticator = authenticator
+        self._closed = Event()
 
     @property
     def device_version(self) -> tuple[int, int, int]:
@@ -45,11 +47,13 @@ class VirtualCtapDevice(CtapDevice):
         on_keepalive: Callable[[STATUS], None] | None = None,
     ) -> bytes:
         """CTAPHID_CBOR → process(); MSG (U2F profiles) → process_u2f(); WINK → wink();
-        READ_CONFIG (YubiKey) → management_config(); anything else CtapError INVALID_COMMAND."""
+        READ_CONFIG (YubiKey) → management_config(); anything else CtapError INVALID_COMMAND.
+        Under a fault plan (station.virtual.faults) a pulled key raises OSError(EIO) and a
+        wedged one blocks until the device is closed."""
         if cmd == CTAPHID.CBOR:
-            return self.authenticator.process(data, keepalive=_once_per_status(on_keepalive), cancel=event)
+            return self._run(self.authenticator.process, data, False, event, on_keepalive)
         if cmd == CTAPHID.MSG and self.authenticator.profile.u2f:
-            return self.authenticator.process_u2f(data, keepalive=_once_per_status(on_keepalive), cancel=event)
+            return self._run(self.authenticator.process_u2f, data, True, event, on_keepalive)
         if cmd == CTAPHID.WINK:
             self.authenticator.wink()
             return b""
@@ -57,7 +61,22 @@ class VirtualCtapDevice(CtapDevice):
             return self.authenticator.management_config(data[0] if data else 0)
         raise CtapError(CtapError.ERR.INVALID_COMMAND)
 
+    def _run(self, process, data: bytes, u2f: bool, event, on_keepalive) -> bytes:
+        if self._closed.is_set():
+            raise OSError("the virtual key is closed")
+        try:
+            return faults.injector(self.authenticator).run(
+                process, data, u2f=u2f, keepalive=_once_per_status(on_keepalive), cancel=event
+            )
+        except faults.KeyPulled:
+            self.authenticator.close()
+            raise faults.removed_error("read") from None
+        except faults.KeyWedged:
+            self._closed.wait()
+            raise OSError("the virtual key was closed while wedged") from None
+
     def close(self) -> None:
+        self._closed.set()
         self.authenticator.close()
 
     def __repr__(self) -> str:

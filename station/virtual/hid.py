@@ -10,14 +10,31 @@ node; a client ignores (or, like python-fido2, rejects) reports for channels oth
 
 `open_hid(authenticator)` returns python-fido2's real `fido2.hid.CtapHidDevice` running over a
 `VirtualHidConnection`, so the client side is exactly what talks to a real key.
+`open_another(device)` opens the same virtual node again, as a second process opening the same
+/dev/hidraw path does: its CTAPHID_INIT answer lands in the first opener's reports too, and
+python-fido2 (which rejects a report for another channel with ConnectionFailure "Wrong channel")
+breaks on it, as on Linux. `VirtualHidBus` is a USB hub of virtual hidraw nodes behind
+python-fido2's own enumeration (fido2.hid.list_descriptors / get_descriptor / open_connection),
+so `CtapHidDevice.list_devices()` and `fido2.hid.open_device(path)` open new handles on them.
+
+Fault plans (station.virtual.faults) act here: a pulled key's node disappears (queued reports
+are still read, then OSError EIO on read and ENODEV on write, FileNotFoundError on open); a
+wedged key sends no report at all.
+
+CTAPHID_INIT during a transaction (CTAP 2.1 §11.2.9.1.3): on the busy channel it aborts the
+transaction (its answer is discarded) and resynchronises the channel; any other request on
+another channel meanwhile is answered ERR_CHANNEL_BUSY (§11.2.5).
 
 Assumptions (not fixed by the spec): the message timeout (ERR_MSG_TIMEOUT) is 0.5 s from the
-initialization packet; a CTAPHID_INIT is served even while another channel is busy (it starts
-no transaction).
+initialization packet; a CTAPHID_INIT from another channel (or the broadcast one) is served even
+while a channel is busy: it starts no transaction, as OpenSK's CTAPHID (src/ctap/hid/mod.rs)
+answers INIT before any busy check.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import queue
@@ -33,6 +50,7 @@ from fido2.ctap import CtapError
 from fido2.hid import CAPABILITY, CTAPHID, TYPE_INIT, CtapHidDevice
 from fido2.hid.base import CtapHidConnection, HidDescriptor
 
+from . import faults
 from .errors import VirtualError
 
 if TYPE_CHECKING:
@@ -50,6 +68,8 @@ MAX_MESSAGE_SIZE = INIT_DATA_SIZE + 128 * CONT_DATA_SIZE
 CTAPHID_PROTOCOL_VERSION = 2
 #: Not a report: tells a blocked reader that a message timeout is now pending.
 _WAKE = b"wake"
+#: Not a report: the device node went away (the key was pulled).
+_GONE = b"gone"
 
 
 @dataclass
@@ -93,6 +113,10 @@ class VirtualHidDevice:
         self._channels: set[int] = set()
         self._assembly: _Assembly | None = None
         self._job: _Job | None = None
+        self.path = f"virtual-hid:{id(self):x}"
+        self.unplugged = False
+        self.wedged = False
+        self._on_unplug: list[Callable[[], None]] = []
 
     @property
     def descriptor(self) -> HidDescriptor:
@@ -101,7 +125,7 @@ class VirtualHidDevice:
         if usb is None:
             raise VirtualError(f"{self._authenticator.profile.name} has no USB interface")
         return HidDescriptor(
-            path=f"virtual-hid:{id(self):x}",
+            path=self.path,
             vid=usb.vid,
             pid=usb.pid,
             report_size_in=PACKET_SIZE,
@@ -112,8 +136,10 @@ class VirtualHidDevice:
 
     def connect(self, on_close: Callable[[], None] | None = None) -> VirtualHidConnection:
         """Open the device, as opening its hidraw node does; `on_close` runs when it is closed."""
-        connection = VirtualHidConnection(self, on_close)
         with self._lock:
+            if self.unplugged:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", self.path)
+            connection = VirtualHidConnection(self, on_close)
             self._connections.append(connection)
         return connection
 
@@ -135,6 +161,10 @@ class VirtualHidDevice:
             raise OSError(f"a CTAPHID output report is {PACKET_SIZE} bytes, not {len(packet)}")
         cid, command = struct.unpack_from(">IB", packet)
         with self._lock:
+            if self.unplugged:
+                raise faults.removed_error("write")
+            if self.wedged:
+                return  # a wedged key takes the report and never answers
             if command & TYPE_INIT:
                 (length,) = struct.unpack_from(">H", packet, 5)
                 self._on_init_packet(cid, command & ~TYPE_INIT, length, packet[7:])
@@ -280,10 +310,16 @@ class VirtualHidDevice:
                 if self._job is job:
                     self._send(job.cid, CTAPHID.KEEPALIVE, bytes([status]))
 
-        process = self._authenticator.process if job.cmd == CTAPHID.CBOR else self._authenticator.process_u2f
+        u2f = job.cmd != CTAPHID.CBOR
+        process = self._authenticator.process_u2f if u2f else self._authenticator.process
+        injector = faults.injector(self._authenticator)
         with self._process_lock:
             try:
-                response = process(request, keepalive=keepalive, cancel=job.cancel)
+                response = injector.run(process, request, u2f=u2f, keepalive=keepalive, cancel=job.cancel)
+            except faults.KeyPulled:
+                return self.unplug()
+            except faults.KeyWedged:
+                return self.wedge()
             except Exception:  # the firmware boundary: a crash must still answer the host
                 logger.exception("the virtual authenticator failed on a CTAPHID request")
                 response = None
@@ -311,9 +347,37 @@ class VirtualHidDevice:
             packets.append(struct.pack(">IB", cid, seq) + rest[:CONT_DATA_SIZE])
             rest = rest[CONT_DATA_SIZE:]
             seq += 1
+        if self.wedged or self.unplugged:
+            return
         for connection in self._connections:
             for packet in packets:
                 connection.deliver(packet.ljust(PACKET_SIZE, b"\0"))
+
+    def unplug(self) -> None:
+        """The key leaves the bus: every opener reads what was sent, then EIO; the node is gone."""
+        with self._lock:
+            if self.unplugged:
+                return
+            self.unplugged = True
+            self._job = None
+            self._assembly = None
+            callbacks, self._on_unplug = self._on_unplug, []
+        for callback in callbacks:  # the key is released before any opener learns it is gone
+            callback()
+        with self._lock:
+            for connection in self._connections:
+                connection.deliver(_GONE)
+
+    def on_unplug(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once when the key leaves the bus (e.g. release its state file)."""
+        self._on_unplug.append(callback)
+
+    def wedge(self) -> None:
+        """The key stops answering: no report is sent any more, whatever the host writes."""
+        with self._lock:
+            self.wedged = True
+            self._job = None
+            self._assembly = None
 
     def detach(self, connection: VirtualHidConnection) -> None:
         with self._lock:
@@ -353,6 +417,9 @@ class VirtualHidConnection(CtapHidConnection):
                 break
         if packet is None:
             raise OSError("the virtual HID connection is closed")
+        if packet is _GONE:
+            self._reports.put(_GONE)  # every later read fails the same way
+            raise faults.removed_error("read")
         return packet
 
     def deliver(self, packet: bytes) -> None:
@@ -370,6 +437,106 @@ class VirtualHidConnection(CtapHidConnection):
 def open_hid(authenticator: VirtualAuthenticator) -> CtapHidDevice:
     """python-fido2's CtapHidDevice over the authenticator's virtual CTAPHID interface.
 
-    The device owns the authenticator: closing it unplugs the key (releases its state file).
+    The device owns the authenticator: closing it unplugs the key (releases its state file),
+    and so does a fault plan pulling the key. `open_another` opens further handles.
     """
-    return VirtualHidDevice(authenticator).open(on_close=authenticator.close)
+    device = VirtualHidDevice(authenticator)
+    release = _once(authenticator.close)  # the pull (worker thread) and close() may race
+    device.on_unplug(release)
+    return device.open(on_close=release)
+
+
+def _once(func: Callable[[], None]) -> Callable[[], None]:
+    lock, done = threading.Lock(), []
+
+    def call() -> None:
+        with lock:
+            if not done:
+                done.append(True)
+                func()
+
+    return call
+
+
+def virtual_node(device: CtapHidDevice) -> VirtualHidDevice:
+    """The virtual hidraw node under a CtapHidDevice opened on one."""
+    connection = getattr(device, "_connection", None)
+    if not isinstance(connection, VirtualHidConnection):
+        raise VirtualError(f"{device!r} is not open on a virtual HID device")
+    return connection.device
+
+
+def open_another(device: CtapHidDevice) -> CtapHidDevice:
+    """A second opener of the same virtual hidraw node (a new CtapHidDevice: it sends
+    CTAPHID_INIT on the broadcast channel, which every opener receives). Closing it leaves the
+    key plugged in."""
+    return virtual_node(device).open()
+
+
+class VirtualHidBus:
+    """Virtual hidraw nodes behind python-fido2's enumeration, like keys on a USB hub.
+
+        bus = VirtualHidBus(); path = bus.plug(VirtualAuthenticator.open(statefile))
+        with bus.installed():   # fido2.hid.list_descriptors / get_descriptor / open_connection
+            device = fido2.hid.open_device(path)   # a new opener each time
+        bus.unplug(path)        # the key is pulled: openers see EIO, opening is FileNotFoundError
+
+    Each node owns its authenticator (closed when unplugged or when the bus closes).
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, VirtualHidDevice] = {}
+        self._count = 0
+
+    def plug(self, authenticator: VirtualAuthenticator) -> str:
+        """Put the key on the bus; returns its path (/dev/hidraw-virtual-N)."""
+        node = VirtualHidDevice(authenticator)
+        node.path = f"/dev/hidraw-virtual-{self._count}"
+        self._count += 1
+        node.descriptor  # noqa: B018 — a card without USB cannot be plugged: VirtualError
+        node.on_unplug(_once(authenticator.close))
+        self._nodes[node.path] = node
+        return node.path
+
+    def node(self, path: str) -> VirtualHidDevice:
+        return self._nodes[path]
+
+    def unplug(self, path: str) -> None:
+        node = self._nodes.pop(path, None)
+        if node is not None:
+            node.unplug()
+
+    def list_descriptors(self) -> list[HidDescriptor]:
+        return [node.descriptor for node in list(self._nodes.values()) if not node.unplugged]
+
+    def get_descriptor(self, path: str) -> HidDescriptor:
+        node = self._nodes.get(path)
+        if node is None or node.unplugged:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return node.descriptor
+
+    def open_connection(self, descriptor: HidDescriptor) -> VirtualHidConnection:
+        node = self._nodes.get(descriptor.path)
+        if node is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", descriptor.path)
+        return node.connect()
+
+    @contextlib.contextmanager
+    def installed(self):
+        """python-fido2's hid enumeration sees this bus (and only it) inside the block."""
+        import fido2.hid as fido2_hid
+
+        names = ("list_descriptors", "get_descriptor", "open_connection")
+        saved = {name: getattr(fido2_hid, name) for name in names}
+        for name in names:
+            setattr(fido2_hid, name, getattr(self, name))
+        try:
+            yield self
+        finally:
+            for name, value in saved.items():
+                setattr(fido2_hid, name, value)
+
+    def close(self) -> None:
+        """Unplug every key."""
+        for path in list(self._nodes):
+            self.unplug(path)

@@ -8,7 +8,13 @@ is a command APDU, answered with the response APDU.
 
 pcscd powers the card down when a client disconnects with SCARD_UNPOWER_CARD (pyscard's
 default) and polls presence with ATR requests. Power off and reset are power loss for the
-authenticator (`FidoApplet.power_cycle`), and so is the link closing (the card left the reader).
+authenticator (`FidoApplet.power_cycle`: PIN tokens and key agreement keys, the selected applet,
+pending replies and getNextAssertion series are lost, the reset window starts again at the power-up
+that follows), and so is the link closing (the card left the reader).
+
+Fault plans (station.virtual.faults): a pulled card closes the link (the card leaves the reader)
+and `serve` returns; a wedged card takes APDUs and answers none (ATR requests still get the ATR,
+which the reader holds), until pcscd powers it off or resets it.
 
 vpcd hands the ATR to pcscd unchanged and checks nothing in it; the profiles give PC/SC part 3
 contactless ATRs (3B 8n 80 01 <historical bytes> TCK), which pcscd parses as offering T=0 and
@@ -26,6 +32,7 @@ from enum import IntEnum, unique
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import faults
 from .apdu import FidoApplet
 
 if TYPE_CHECKING:
@@ -59,11 +66,13 @@ def serve(
     *,
     on_inserted: Callable[[], None] | None = None,
     on_waiting: Callable[[], None] | None = None,
+    on_pulled: Callable[[], None] | None = None,
 ) -> None:
     """Insert the authenticator as a card into vpcd's reader until `stop_event` is set.
 
     Connects (retrying while vpcd is not listening, after calling `on_waiting` once), calls
     `on_inserted` once linked, answers frames, and reconnects when pcscd drops the link.
+    Returns when stopped, or after `on_pulled` when a fault plan pulled the card.
     """
     stop = stop_event or threading.Event()
     applet = FidoApplet(authenticator)
@@ -74,10 +83,14 @@ def serve(
         if on_inserted is not None:
             on_inserted()
         try:
-            _serve_link(link, applet, stop)
+            pulled = _serve_link(link, applet, stop)
         finally:
             link.close()
-            applet.power_cycle()  # the card left the reader
+        if pulled:
+            if on_pulled is not None:
+                on_pulled()
+            return
+        applet.power_cycle()  # the card left the reader
 
 
 def _connect(
@@ -98,19 +111,25 @@ def _connect(
     return None
 
 
-def _serve_link(link: socket.socket, applet: FidoApplet, stop: threading.Event) -> None:
+def _serve_link(link: socket.socket, applet: FidoApplet, stop: threading.Event) -> bool:
+    """Answer frames until the link ends; True if a fault plan pulled the card."""
     frames = _FrameReader(link, stop)
     while True:
         frame = frames.next()
         if frame is None:
-            return
-        reply = answer(applet, frame)
+            return False
+        try:
+            reply = answer(applet, frame)
+        except faults.KeyPulled:
+            return True
+        except faults.KeyWedged:
+            continue  # a wedged card never answers the APDU
         if reply is None:
             continue
         try:
             link.sendall(len(reply).to_bytes(2, "big") + reply)
         except (ConnectionError, TimeoutError):  # vpcd went away mid-reply: the card is out
-            return
+            return False
 
 
 def answer(applet: FidoApplet, frame: bytes) -> bytes | None:
@@ -170,20 +189,26 @@ def serve_until_signalled(
     host: str = VPCD_HOST,
     port: int = VPCD_PORT,
     presence: str = "approve",
+    fault: str | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
     """`station virtual serve`: open the key at STATEFILE and keep it inserted into vpcd's
-    reader until SIGINT or SIGTERM; `announce` gets one line each time the card is inserted."""
+    reader until SIGINT or SIGTERM (or until a fault plan pulls it); `announce` gets one line
+    each time the card is inserted or pulled. `fault` (a PLAN, see station.virtual.faults)
+    replaces the plan kept in STATEFILE.fault for this run."""
     from .authenticator import VirtualAuthenticator
     from .presence import PresencePolicy
 
     policy = PresencePolicy.parse(presence)
+    plan = faults.FaultPlan.parse(fault) if fault is not None else None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         authenticator = VirtualAuthenticator.open(statefile, presence=policy)
         try:
             name = authenticator.profile.name
+            if plan is not None:
+                faults.set_plan(authenticator, plan)
             serve(
                 authenticator,
                 host,
@@ -193,6 +218,7 @@ def serve_until_signalled(
                 on_waiting=lambda: announce(
                     f"waiting for vpcd at {host}:{port} (is pcscd running with vsmartcard-vpcd?)"
                 ),
+                on_pulled=lambda: announce(f"pulled {statefile} out of vpcd's reader (fault plan)"),
             )
         finally:
             authenticator.close()

@@ -275,15 +275,48 @@ def test_yubikey_management_applet(transport_key, profile):
     assert tx(card, bytes.fromhex("80CA9F7F00")) == (b"", SW.INS_NOT_SUPPORTED)  # no CPLC
 
 
+SELECT_ISD = bytes.fromhex("00A4040008A00000015100000000")
+GET_CPLC = bytes.fromhex("80CA9F7F00")
+
+
 @pytest.mark.parametrize("profile", ["crescendo-4000", "crescendo-key"])
-def test_crescendo_answers_cplc_and_has_no_management_applet(transport_key, profile):
+def test_crescendo_answers_cplc_only_from_the_card_manager(transport_key, profile):
     key = transport_key(profile)
     card = FidoApplet(key)
-    assert tx(card, bytes.fromhex("80CA9F7F00")) == (key.cplc(), SW.OK)
-    tx(card, SELECT_FIDO)
-    assert tx(card, bytes.fromhex("80CA9F7F00")) == (key.cplc(), SW.OK)  # with FIDO selected
+    assert tx(card, GET_CPLC) == (b"", SW.INS_NOT_SUPPORTED)  # nothing selected after power-up
+    fci = bytes.fromhex("6F108408A000000151000000A5049F6501FF")
+    assert tx(card, SELECT_ISD) == (fci, SW.OK)
+    assert tx(card, GET_CPLC) == (key.cplc(), SW.OK)
+    assert tx(card, bytes.fromhex("00CA9F7F00")) == (key.cplc(), SW.OK)
     assert tx(card, bytes.fromhex("80CA006600")) == (b"", SW.DATA_NOT_FOUND)
+    assert tx(card, bytes.fromhex("80F21000024F0000")) == (b"", SW.INS_NOT_SUPPORTED)  # no GET STATUS
+    tx(card, SELECT_FIDO)
+    assert tx(card, GET_CPLC) == (b"", SW.INS_NOT_SUPPORTED)  # a Java Card FIDO applet: 6D00
+    data, sw = tx(card, short(0x80, 0x10, 0x00, 0x00, GET_INFO))
+    assert sw == SW.OK and data[0] == 0  # the FIDO applet still answers
     assert tx(card, SELECT_MANAGEMENT) == (b"", SW.FILE_NOT_FOUND)
+
+
+@pytest.mark.parametrize(
+    ("select", "aid"),
+    [
+        ("00A4040007A0000000030000", "A000000003000000"),  # GPShell's partial name, first match
+        ("00A4040008A000000003000000", "A000000003000000"),
+        ("00A4040008A00000015100000000", "A000000151000000"),
+    ],
+)
+def test_the_card_manager_answers_to_its_aids(transport_key, select, aid):
+    key = transport_key("crescendo-4000")
+    card = FidoApplet(key)
+    data, sw = tx(card, bytes.fromhex(select))
+    assert sw == SW.OK and data[4:12] == bytes.fromhex(aid)
+    assert tx(card, GET_CPLC) == (key.cplc(), SW.OK)
+
+
+def test_a_yubikey_has_no_card_manager(transport_key):
+    card = FidoApplet(transport_key("yubikey-5-nfc-5.7"))
+    assert tx(card, SELECT_ISD) == (b"", SW.FILE_NOT_FOUND)
+    assert tx(card, bytes.fromhex("00A4040007A0000000030000")) == (b"", SW.FILE_NOT_FOUND)
 
 
 # ---------------------------------------------------------------- power

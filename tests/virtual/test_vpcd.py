@@ -129,6 +129,23 @@ def test_power_off_and_reset_are_power_loss(linked):
     assert len(cycles) == 2
 
 
+@pytest.mark.parametrize("code", [CTRL.POWER_OFF, CTRL.RESET])
+def test_power_loss_from_vpcd_restarts_the_reset_window(transport_key, code):
+    """authenticatorReset is refused long after power-up and allowed again right after the
+    power-up that follows pcscd powering the card down (or resetting it)."""
+    key = transport_key()
+    applet = FidoApplet(key)
+    reset = bytes.fromhex("80100000010700")
+    answer(applet, SELECT_FIDO)
+    key.powered_up -= 3600  # an hour after power-up
+    assert answer(applet, reset) == bytes([CtapError.ERR.NOT_ALLOWED]) + b"\x90\x00"
+    answer(applet, bytes([code]))
+    answer(applet, bytes([CTRL.POWER_ON]))
+    assert answer(applet, reset) == b"\x6d\x00"  # the FIDO applet is no longer selected
+    answer(applet, SELECT_FIDO)
+    assert answer(applet, reset) == b"\x00\x90\x00"
+
+
 def test_unknown_control_codes_are_ignored(linked):
     vpcd, key, cycles, _, _ = linked
     vpcd.send(bytes([3]))
@@ -256,11 +273,15 @@ def test_yubikit_reads_the_serial_through_pcscd(served):
 
 
 @pytest.mark.pcscd
-def test_crescendo_cplc_through_pcscd(served):
+def test_crescendo_cplc_through_pcscd_from_the_card_manager_only(served):
     _, reader = served("crescendo-4000")
     device = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
+    assert device.apdu_exchange(bytes.fromhex("80CA9F7F00")) == (b"", 0x6D, 0x00)  # FIDO applet selected
+    _, sw1, sw2 = device.apdu_exchange(bytes.fromhex("00A4040008A00000015100000000"))
+    assert (sw1, sw2) == (0x90, 0x00)
     data, sw1, sw2 = device.apdu_exchange(bytes.fromhex("80CA9F7F00"))
     assert (sw1, sw2) == (0x90, 0x00) and data[:3] == b"\x9f\x7f\x2a"
+    device.apdu_exchange(bytes.fromhex("00A4040008A0000006472F0001"))
     assert Ctap2(device).get_info().aaguid.hex() == "0b8b05a4ebd44b0b8f5f33d7b6e606ab"
     device.close(release=True)
 
@@ -281,6 +302,41 @@ def test_card_power_cycle_through_pcscd_clears_pin_auth_blocked(served):
     device = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
     assert ClientPin(Ctap2(device)).get_pin_token(PIN)
     device.close(release=True)
+
+
+@pytest.mark.pcscd
+def test_another_handle_unpowering_the_card_is_power_loss_for_the_first(served):
+    """pyscard's default disconnect (SCARD_UNPOWER_CARD) on a second handle powers the card down
+    under the first: the first handle's next transmit fails, the applet is no longer selected,
+    and the PIN token it held is gone (CTAP 2.1 §6.5.2.1: pinUvAuthToken lives until power loss)."""
+    from smartcard.Exceptions import CardConnectionException
+
+    _, reader = served()
+    first = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
+    ctap = Ctap2(first)
+    client_pin = ClientPin(ctap)
+    client_pin.set_pin(PIN)
+    token = client_pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)
+    other = reader.createConnection()
+    other.connect()
+    other.disconnect()  # pyscard's default: SCARD_UNPOWER_CARD
+    other.release()
+    with pytest.raises(CardConnectionException):
+        ctap.get_info()
+    raw = reader.createConnection()
+    raw.connect()
+    data, sw1, sw2 = raw.transmit(list(bytes.fromhex("80100000010400")))
+    assert (sw1, sw2) == (0x6D, 0x00)  # powered up again with no applet selected
+    raw.disconnect()
+    raw.release()
+    first.close(release=True)
+    again = next(iter(CtapPcscDevice.list_devices(TEST_READER)))
+    from fido2.ctap2 import CredentialManagement
+
+    with pytest.raises(CtapError) as raised:
+        CredentialManagement(Ctap2(again), client_pin.protocol, token).get_metadata()
+    assert raised.value.code == CtapError.ERR.PIN_AUTH_INVALID  # the token died with the power
+    again.close(release=True)
 
 
 @pytest.mark.pcscd
