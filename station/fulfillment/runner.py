@@ -134,7 +134,11 @@ class Station:
         self.fatal: StationError | None = None
 
     def emit(self, **event: Any) -> None:
-        self._emit(event)
+        """Hand an event to the screen; a screen that fails (a closed pipe) never fails an item."""
+        try:
+            self._emit(event)
+        except Exception as exc:  # noqa: BLE001 - the display is not the key's business
+            self._log_unexpected(event.get("slot") or 0, exc)
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> None:
@@ -218,7 +222,10 @@ class Station:
                 self.stop.set()
 
     def _slot_loop(self, slot: int) -> None:
-        while not self.stop.is_set() and not self.draining.is_set():
+        while not self.stop.is_set():
+            if self.draining.is_set():  # another slot may still give an item back
+                self.stop.wait(self.opts.poll_seconds)
+                continue
             self.emit(kind="waiting_key", slot=slot)
             try:
                 got = self.pool.take(self.stop, idle=self._idle)
@@ -226,7 +233,7 @@ class Station:
                 self._fail(slot, exc)
                 return
             if got is None:
-                return
+                continue
             if isinstance(got, Refusal):
                 self.emit(kind="key_refused", slot=slot, device=got.label, spec=got.spec, error_code=got.error.code,
                           message=got.error.message, action=got.error.key_action)
@@ -441,6 +448,8 @@ class Station:
                       key_touched=False, device=device.label)
             return "reuse"
         released = self._release(item_id, touched=touched, generation=generation, error=error)
+        if released is not None and released.item_state == "queued":
+            self.draining.clear()  # the item is back in the queue: --until-empty is not done yet
         self.emit(kind="key_fault", slot=slot, item=item_id, error_code=exc.code, message=exc.message,
                   key_touched=touched, device=device.label, spec=device.spec, action=action,
                   item_state=getattr(released, "item_state", None), attempts=getattr(released, "attempts", None))
