@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_a_not_fresh_key_gives_the_item_back(service, customer, keystore, tmp_pa
 
 
 # --------------------------------------------------------------------------- kill -9 matrix
-CRASH_POINTS = ["claimed", "touching", "credential-1", "credential-2", "sealed", "submitting", "acknowledged"]
+CRASH_POINTS = ["claimed", "confirmed", "touching", "credential-1", "credential-2", "sealed", "submitting", "acknowledged"]
 
 
 def run_station_process(service, keystore, tmp_path, token, *extra, fault=None):
@@ -150,6 +151,32 @@ def test_a_station_killed_at_any_step_loses_nothing_and_fulfills_once(point, ser
     assert Journal(tmp_path / "journal").open_items() == []
     store_items = service.store.counts()
     assert store_items.get("fulfilled", 0) >= 1
+
+
+def test_a_station_killed_after_writing_keeps_its_item_from_other_stations_until_it_gives_up(
+        service, customer, keystore, tmp_path):
+    # lease fencing in the kill -9 matrix: the first station confirmed its claim (a write) and
+    # died; its lease runs out, yet no other station may program a second key for the item
+    # until the first one comes back and gives the item up (or the grace period passes)
+    shipment_id, items = order(customer, 1)
+    token = service.token(Role.STATION, "first")
+    crashed = run_station_process(service, keystore, tmp_path, token, "--once", fault="touching")
+    assert crashed.returncode == -9, crashed.stderr
+    other = FulfillmentClient(service.url, service.token(Role.STATION, "second"))
+    try:
+        with service.store.engine.begin() as conn:  # the first station's 10 s lease ran out long ago
+            from sqlalchemy import update
+
+            from station.fulfillment.store import items as item_rows
+            conn.execute(update(item_rows).values(lease_expires=time.time() - 1))
+        assert other.claim(30) is None  # a write was reported: not handed to a second station
+        restarted = run_station_process(service, keystore, tmp_path, token, "--until-empty")
+        assert restarted.returncode == 0, restarted.stderr
+        kinds = [json.loads(line)["kind"] for line in restarted.stdout.splitlines() if line.startswith("{")]
+        assert "interrupted_key" in kinds and kinds.count("fulfilled") == 1  # given up, then done on a fresh key
+    finally:
+        other.close()
+    check_fulfilled(customer, shipment_id, items)
 
 
 def test_a_bad_token_stops_the_daemon_with_one_line(service, keystore, tmp_path):
