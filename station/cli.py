@@ -250,17 +250,24 @@ def devices(as_json: bool) -> None:
 @cli.command()
 @click.option("--device", "spec", required=True, help="auto, hid[:PATH], pcsc[:READER] or virtual:STATEFILE")
 @click.option("--yes", is_flag=True, help="Confirm: every credential and the PIN are erased.")
+@click.option("--wait", is_flag=True, help="Reset the key on its next insertion (no race against its window).")
 @_virtual_transport_option
 @fail_cleanly
-def reset(spec: str, yes: bool, virtual_transport: str) -> None:
-    """Factory-reset an authenticator (within 10 s of plugging it in, with a touch)."""
+def reset(spec: str, yes: bool, wait: bool, virtual_transport: str) -> None:
+    """Factory-reset an authenticator, with a touch, within its window after plugging it in
+    (YubiKey 5 s, CTAP 2.1 10 s); --wait resets it as it is inserted."""
     from station.console import err_console
-    from station.provision.reset import reset_device
+    from station.provision.reset import reset_device, reset_window
 
     if not yes:
         raise UsageError("reset erases the key: add --yes to confirm")
-    label = reset_device(spec, virtual_transport=virtual_transport,
-                         on_touch=lambda d: err_console.print(f"[bold yellow]Touch the key to reset it:[/] {d.label}"))
+
+    def touch(d) -> None:
+        err_console.print(f"[bold yellow]Touch the key to reset it:[/] {d.label} "
+                          f"(within {reset_window(d.vendor)} s of inserting it)")
+
+    label = reset_device(spec, virtual_transport=virtual_transport, on_touch=touch, wait=wait,
+                         on_waiting=lambda text: err_console.print(f"[bold]{text}[/]"))
     err_console.print(f"[green]reset:[/] {label} is fresh again")
 
 
@@ -287,7 +294,8 @@ def fulfill(shipment_file: Path, keys_dir: Path, spec: str, out_file: Path, prof
 
 # ---------------------------------------------------------------- station daemon (run)
 RUN_OPTIONS = ("service", "token", "device", "keys_dir", "journal_dir", "slots", "once", "until_empty",
-               "lease_seconds", "heartbeat_seconds", "profile", "roots", "trust_test_ca", "as_json", "virtual_transport")
+               "lease_seconds", "heartbeat_seconds", "profile", "roots", "trust_test_ca", "as_json", "virtual_transport",
+               "step_timeout", "lock_dir")
 
 
 @cli.command()
@@ -311,6 +319,9 @@ RUN_OPTIONS = ("service", "token", "device", "keys_dir", "journal_dir", "slots",
 @click.option("--json", "as_json", is_flag=True, default=None, help="Machine-readable event lines on stdout.")
 @click.option("--virtual-transport", type=click.Choice(["direct", "hid", "pcsc"]),
               help="How a virtual: key is reached (default direct).")
+@click.option("--step-timeout", type=float, help="Seconds without progress after which a key counts as wedged (default 90).")
+@click.option("--lock-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Device lock files (default $STATION_LOCK_DIR, else /run/fido-station).")
 @click.pass_context
 @fail_cleanly
 def run(ctx: click.Context, config_file: Path | None, **_options) -> None:
@@ -327,6 +338,7 @@ def run(ctx: click.Context, config_file: Path | None, **_options) -> None:
         until_empty=settings.until_empty, lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_every, profile=settings.profile,
         virtual_transport=settings.virtual_transport, trust_test_ca=settings.trust_test_ca, roots=settings.roots,
+        step_timeout=settings.step_timeout, lock_dir=settings.lock_dir,
     )
     with run_events(as_json=settings.as_json, slots=settings.slots) as on_event:
         run_station(opts, on_event=on_event)
@@ -347,6 +359,7 @@ _DB_OPTION = click.option(
 @click.option("--host", help="Address to listen on (default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8080).")
 @click.option("--retention-seconds", type=float, help="How long read responses are kept before the purge.")
+@click.option("--max-attempts", type=click.IntRange(1, 100), help="Keys that may fault on an item before it fails (default 3).")
 @click.pass_context
 @fail_cleanly
 def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
@@ -356,10 +369,11 @@ def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
     from station.fulfillment.api import serve as serve_api
 
     settings = load_serve_settings(
-        given_options(ctx, "db_url", "keys_dir", "host", "port", "retention_seconds"), config_file, require=("keys_dir",)
+        given_options(ctx, "db_url", "keys_dir", "host", "port", "retention_seconds", "max_attempts"), config_file,
+        require=("keys_dir",)
     )
     serve_api(settings.db_url, str(settings.keys_dir), host=settings.host, port=settings.port,
-              retention_seconds=settings.retention_seconds)
+              retention_seconds=settings.retention_seconds, max_attempts=settings.max_attempts)
 
 
 @cli.group()

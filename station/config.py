@@ -72,6 +72,8 @@ class RunSettings(_Settings):
     trust_test_ca: bool = Field(False, description="Trust the virtual keys' TEST CA (testing only).")
     roots: Path | None = Field(None, description="A folder of extra attestation roots (PEM).")
     as_json: bool = Field(False, description="Machine-readable event lines instead of the live table.")
+    step_timeout: float = Field(90.0, gt=0, description="A key with no progress this long is wedged (the watchdog).")
+    lock_dir: Path | None = Field(None, description="Device lock files (default $STATION_LOCK_DIR or /run/fido-station).")
 
     @property
     def heartbeat_every(self) -> float:
@@ -99,6 +101,7 @@ class ServeSettings(_Settings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     retention_seconds: float = Field(DEFAULT_RETENTION_SECONDS, gt=0, description="How long read responses are kept.")
+    max_attempts: int = Field(3, ge=1, le=100, description="Keys that may fault on an item before it fails.")
 
 
 _TABLES: dict[str, type[_Settings]] = {"run": RunSettings, "serve": ServeSettings}

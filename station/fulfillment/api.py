@@ -456,12 +456,14 @@ def _add_station_routes(app: FastAPI) -> None:
 
 
 def serve(db_url: str | None, keys_dir: str, *, host: str = "127.0.0.1", port: int = 8080,
-          retention_seconds: float | None = None) -> None:
+          retention_seconds: float | None = None, max_attempts: int | None = None) -> None:
     """`station serve`: the service under uvicorn until interrupted."""
     import uvicorn
 
     keystore = KeyStore.open(keys_dir)
-    store = Store.open(db_url) if retention_seconds is None else Store.open(db_url, retention_seconds=retention_seconds)
+    options = {k: v for k, v in {"retention_seconds": retention_seconds, "max_attempts": max_attempts}.items()
+               if v is not None}
+    store = Store.open(db_url, **options)
     try:
         uvicorn.run(create_app(store, keystore), host=host, port=port)
     finally:

@@ -180,3 +180,38 @@ def test_fulfill_on_one_usb_port_asks_for_the_next_key_and_writes_out_after_ever
     assert products[0]["serial_number"] != products[1]["serial_number"]  # two keys, one per item
     assert len(written_before_second[0]["shipment_items"]) == 1  # item 1 was on disk before item 2 began
     assert sum("remove the key" in s for s in said) == 2
+
+
+def test_reset_wait_resets_the_key_on_its_next_insertion(tmp_path, keystore, order, monkeypatch):
+    from usb_hub import install
+
+    import station.console as console
+    from station.device.discovery import open_device
+    from station.provision.pin import draw_pin, set_pin
+
+    monkeypatch.setenv("STATION_LOCK_DIR", str(tmp_path / "locks"))
+    (tmp_path / "usb").mkdir()
+    hub = install(monkeypatch, tmp_path / "usb")
+    port = hub.plug()
+    statefile = hub.ports[port].statefile
+    device = open_device("hid")
+    set_pin(device.ctap2(), draw_pin(6))  # a used key
+    device.close()
+    said = []
+
+    def technician(text, *a, **kw):
+        said.append(str(text))
+        if "insert it again" in str(text):
+            hub.unplug(port)
+            hub.plug(path=port, statefile=statefile)  # the same key, powered up again
+
+    monkeypatch.setattr(console.err_console, "print", technician)
+    try:
+        result = CliRunner().invoke(cli, ["reset", "--device", "hid", "--yes", "--wait"])
+        assert result.exit_code == 0, (result.output, said)
+        assert any("within 5 s" in s for s in said)  # a YubiKey's own window, not CTAP's 10 s
+        again = open_device("hid")
+        assert not again.pin_set
+        again.close()
+    finally:
+        hub.close()
