@@ -429,16 +429,33 @@ def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, 
 @click.option("--show-pins", is_flag=True, help="Show the PINs that would be mailed (never shown otherwise).")
 @click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
               help="Keep what the run wrote (database, key store, journal, keys) in this empty folder.")
+@click.option("--okta-url", envvar="STATION_OKTA_URL", help="An Okta org (or `station standin okta`) instead of the demo's own stand-in.")
+@click.option("--graph-url", envvar="STATION_GRAPH_URL", help="Microsoft Graph (or `station standin graph`).")
+@click.option("--login-url", envvar="STATION_GRAPH_LOGIN_URL", help="The Microsoft identity platform's token host.")
+@click.option("--pingone-url", envvar="STATION_PINGONE_URL", help="PingOne's API (or `station standin pingone`).")
+@click.option("--pingone-auth-url", envvar="STATION_PINGONE_AUTH_URL", help="PingOne's auth service (token host).")
+@click.option("--customer-config", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The customer TOML ([okta], [graph], [pingone]) with the credentials for those servers.")
 @fail_cleanly
-def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool, keep: Path | None) -> None:
+def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool, keep: Path | None,
+         okta_url: str | None, graph_url: str | None, login_url: str | None, pingone_url: str | None,
+         pingone_auth_url: str | None, customer_config: Path | None) -> None:
     """The full pre-registration round trip on this machine, with virtual keys (exit 0 only if
     every key was verified and used to sign in)."""
     from station.console import run_demo_live
     from station.demo import DemoOptions
 
-    ok = run_demo_live(DemoOptions(keys=keys, transport=transport, profile=profile, slots=slots, workdir=keep),
+    ok = run_demo_live(DemoOptions(keys=keys, transport=transport, profile=profile, slots=slots, workdir=keep,
+                                   okta_url=okta_url, graph_url=graph_url, login_url=login_url,
+                                   pingone_url=pingone_url, pingone_auth_url=pingone_auth_url,
+                                   customer_config=customer_config),
                        show_pins=show_pins)
     sys.exit(0 if ok else 1)
+
+
+from station.cli_idp import standin  # noqa: E402  (`station standin`: the identity providers' stand-ins)
+
+cli.add_command(standin)
 
 
 @cli.command()

@@ -153,7 +153,7 @@ def run_demo_live(opts, *, show_pins: bool) -> bool:
 
     from station.demo import run_demo
 
-    err_console.print(f"[bold]station demo[/]: {opts.keys} keys ordered by an Okta-like and an Entra-like tenant, "
+    err_console.print(f"[bold]station demo[/]: {opts.keys} keys ordered for Okta, Entra ID and PingOne users, "
                       f"programmed over {opts.transport}, verified, then used to sign in.")
     with Live(console=err_console, refresh_per_second=8, transient=True) as live:
         result = run_demo(opts, on_update=lambda rows: live.update(demo_table(rows)))
@@ -163,7 +163,11 @@ def run_demo_live(opts, *, show_pins: bool) -> bool:
     for r in result.rows:
         if r.error:
             err_console.print(f"[red]key {r.number} ({r.user}): {r.error}[/]")
-    if result.ok:
+        elif getattr(r, "signin_skipped", ""):
+            err_console.print(f"[yellow]key {r.number} ({r.user}): sign-in not tried here: {r.signin_skipped}[/]")
+    if result.ok and any(getattr(r, "signin_skipped", "") for r in result.rows):
+        err_console.print("[green]every key was verified as genuine and registered; the others were used to sign in[/]")
+    elif result.ok:
         err_console.print("[green]every key was verified as genuine, registered, and used to sign in after the forced PIN change[/]")
     return result.ok
 

@@ -1,12 +1,15 @@
 """`station demo`: the whole pre-registration round trip on this machine, with virtual keys.
 
-    Okta-like and Entra-like tenants order keys  ─►  the fulfillment service (SQLite, loopback)
-    ─►  a station daemon programs a fresh virtual key per order  ─►  the tenants open, verify and
-    register the responses  ─►  each user signs in with the key and the PIN (changing it first,
+    Okta, Entra ID (Microsoft Graph) and PingOne users get keys ordered by the customer side's
+    flows, over HTTP, from stand-ins of the three providers  ─►  the fulfillment service
+    (SQLite, loopback), one key per shipment  ─►  a station daemon programs a fresh virtual key
+    per order  ─►  the flows activate/register the keys at the providers, which verify them
+    ─►  each user signs in at their provider with the key and the PIN (changing it first,
     because the key forces it).
 
 Everything runs in this process on 127.0.0.1, in a temporary folder removed at the end; nothing
-beyond loopback is reached. `--transport pcsc` puts every key through the real pcscd with
+beyond loopback is reached unless `--okta-url`, `--graph-url`/`--login-url`, `--pingone-url`/
+`--pingone-auth-url` point the same clients at other servers. `--transport pcsc` puts every key through the real pcscd with
 vsmartcard's virtual reader. No PIN is printed unless `--show-pins`.
 """
 
@@ -23,10 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from station.customer.entra import EntraConnector, EntraTenant, EntraUser
-from station.customer.okta import OktaTenant, OktaUser
-from station.customer.orders import post_shipment, shipment_body, wait_shipment
-from station.customer.signin import sign_in
+from station.customer.flows import EntraConnector, OktaWorkflow, Order, PingOneConnector, Recipient, collect
+from station.customer.graph import GraphClient
+from station.customer.okta import OktaClient
+from station.customer.pingone import PingOneClient
+from station.customer.settings import GraphSettings, OktaSettings, PingOneSettings, load_provider_settings
+from station.customer.signin import ProviderSignIn, sign_in_with
 from station.device.discovery import Device, new_virtual_key, open_device
 from station.errors import StationError, UsageError
 from station.fulfillment.client import FulfillmentClient
@@ -36,9 +41,9 @@ from station.fulfillment.store import Role, Store
 from station.masked import Pin
 from station.protocol.keys import KeyStore
 
-OKTA_DOMAIN = "acme.okta.com"
-FIRST_NAMES = ["Ada", "Grace", "Alan", "Barbara", "Edsger", "Frances", "Ken", "Radia", "Tim", "Margaret"]
 TRANSPORTS = ("direct", "hid", "pcsc")
+PROVIDERS = ("okta", "graph", "pingone")
+LABELS = {"okta": "Okta", "graph": "Entra ID", "pingone": "PingOne"}
 
 
 @dataclass
@@ -51,6 +56,14 @@ class DemoOptions:
     #: keep everything the run wrote (database, key store, journal, virtual keys) in this folder
     #: instead of a temporary one removed at the end (to look at it, or scan it for PINs)
     workdir: Path | None = None
+    #: other servers instead of the in-process stand-ins (their credentials come from the
+    #: customer configuration: STATION_OKTA_*, STATION_GRAPH_*, STATION_PINGONE_* or the TOML file)
+    okta_url: str | None = None
+    graph_url: str | None = None
+    login_url: str | None = None
+    pingone_url: str | None = None
+    pingone_auth_url: str | None = None
+    customer_config: Path | None = None
 
 
 @dataclass
@@ -69,6 +82,11 @@ class Row:
     error: str = ""
     statefile: str = field(default="", repr=False)
     pin: Pin | None = field(default=None, repr=False)
+    provider: str = field(default="", repr=False)
+    user_id: str = field(default="", repr=False)
+    order: Order | None = field(default=None, repr=False)
+    #: why this key's sign-in could not be tried here (a real Okta mails the PIN itself)
+    signin_skipped: str = ""
 
 
 @dataclass
@@ -78,7 +96,7 @@ class DemoResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.rows) and all(r.verified and r.signed_in for r in self.rows)
+        return bool(self.rows) and all(r.verified and (r.signed_in or r.signin_skipped) for r in self.rows)
 
 
 # ------------------------------------------------------------------------------ PC/SC cards
@@ -163,21 +181,6 @@ class _Pcscd:
 
 
 # ------------------------------------------------------------------------------ the round trip
-def _users(count: int) -> tuple[list[OktaUser], list[EntraUser]]:
-    okta, entra = [], []
-    for n in range(count):
-        name = FIRST_NAMES[n % len(FIRST_NAMES)] + (f"{n // len(FIRST_NAMES) + 1}" if n >= len(FIRST_NAMES) else "")
-        if n % 2 == 0:
-            okta.append(OktaUser(id=f"00u{secrets.token_hex(8)}", login=f"{name.lower()}@acme.com", display_name=name))
-        else:
-            entra.append(EntraUser(id=secrets.token_hex(16), upn=f"{name.lower()}@contoso.com", display_name=name))
-    return okta, entra
-
-
-def _signin_transport(transport: str, device_spec: str) -> str:
-    return "pcsc" if transport == "pcsc" else ("hid" if transport == "hid" else "direct")
-
-
 def run_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], None] | None = None) -> DemoResult:
     """Order, program, verify, register and sign in with `opts.keys` keys. Never raises for a key
     that fails: its row says why; raises StationError for a setup problem (no pcscd, ...)."""
@@ -219,35 +222,135 @@ def _maybe_pcscd(transport: str):
     return nullcontext()
 
 
-def _round_trip(opts, folder, keystore, store, service, update) -> list[Row]:
-    okta_client = FulfillmentClient(service.url, store.create_token(Role.CUSTOMER, "acme-okta"))
-    entra_client = FulfillmentClient(service.url, store.create_token(Role.CUSTOMER, "contoso-entra"))
-    okta_users, entra_users = _users(opts.keys)
-    okta = OktaTenant(OKTA_DOMAIN, okta_client.jwks("transport"), okta_client.jwks("signing"), trust_test_ca=True)
-    entra = EntraTenant(trust_test_ca=True)
-    connector = EntraConnector(entra, entra_client, poll_interval=0.05)
+def _attestation_roots() -> list[bytes]:
+    """What the stand-ins trust: the vendors' published FIDO roots and, the demo's keys being
+    virtual, the TEST CA."""
+    from importlib import resources
 
+    data = resources.files("station") / "data"
+    pems = [p.read_bytes() for p in (data / "roots").iterdir() if p.name.endswith(".pem")]
+    return [*pems, (data / "testca" / "ca.pem").read_bytes()]
+
+
+class _Providers:
+    """The three providers' clients: against stand-ins started here (with their demo users and
+    credentials), or against the servers named by `--okta-url` ... with the customer
+    configuration's credentials. `signin_url[kind]` is where each user signs in."""
+
+    def __init__(self, opts: DemoOptions) -> None:
+        self.opts = opts
+        self.servers: list = []
+        self.standins: dict = {}
+        self.clients: dict = {}
+        self.signin_url: dict[str, str] = {}
+
+    def __enter__(self) -> _Providers:
+        from station.standins import LoopbackServer, make, seed
+
+        opts, count, roots = self.opts, self.opts.keys, None
+        try:
+            external = {"okta": opts.okta_url, "graph": opts.graph_url or opts.login_url,
+                        "pingone": opts.pingone_url or opts.pingone_auth_url}
+            for kind in PROVIDERS:
+                if external[kind]:
+                    self.clients[kind] = self._external(kind)
+                    continue
+                roots = roots or _attestation_roots()
+                standin, app = make(kind, attestation_roots=roots)
+                seed(kind, standin, count)
+                server = LoopbackServer(app)
+                server.launch()
+                self.servers.append(server)
+                self.standins[kind] = standin
+                self.signin_url[kind] = server.url
+                self.clients[kind] = self._local(kind, standin, server.url)
+            for server in self.servers:
+                server.wait_started()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _local(self, kind: str, standin, url: str):
+        from station.standins import DEMO_PINGONE_POLICY, OKTA_DOMAIN, PINGONE_RP_ID
+
+        if kind == "okta":
+            return OktaClient(OktaSettings(url=url, api_token=standin.new_api_token(), rp_ids=[OKTA_DOMAIN]))
+        client_id, secret = standin.add_client()
+        if kind == "graph":
+            return GraphClient(GraphSettings(url=url, login_url=url, tenant_id=standin.tenant_id,
+                                             client_id=client_id, client_secret=secret))
+        return PingOneClient(PingOneSettings(url=url, auth_url=url, environment_id=standin.environment_id,
+                                             client_id=client_id, client_secret=secret,
+                                             policy_id=DEMO_PINGONE_POLICY, rp_id=PINGONE_RP_ID, rp_name="Example Org"))
+
+    def _external(self, kind: str):
+        opts = self.opts
+        if kind == "okta":
+            settings = load_provider_settings("okta", {"url": opts.okta_url}, opts.customer_config)
+            self.signin_url[kind] = settings.url
+            return OktaClient(settings)
+        if kind == "graph":
+            settings = load_provider_settings("graph", {"url": opts.graph_url, "login_url": opts.login_url},
+                                              opts.customer_config)
+            self.signin_url[kind] = settings.url
+            return GraphClient(settings)
+        settings = load_provider_settings("pingone", {"url": opts.pingone_url, "auth_url": opts.pingone_auth_url},
+                                          opts.customer_config)
+        self.signin_url[kind] = settings.api_base
+        return PingOneClient(settings)
+
+    def __exit__(self, *exc) -> None:
+        for client in self.clients.values():
+            client.close()
+        for server in self.servers:
+            server.ask_stop()
+        for server in self.servers:
+            server.join()
+        self.servers = []
+
+
+def _recipient(person: dict) -> Recipient:
+    return Recipient(first_name=person["first_name"][:15], last_name=person["last_name"][:20], email=person["login"])
+
+
+def _round_trip(opts, folder, keystore, store, service, update) -> list[Row]:
+    with _Providers(opts) as providers:
+        return _orders_through_signin(opts, folder, keystore, store, service, providers, update)
+
+
+def _orders_through_signin(opts, folder, keystore, store, service, providers: _Providers, update) -> list[Row]:
+    from station.standins import demo_users
+
+    customer = FulfillmentClient(service.url, store.create_token(Role.CUSTOMER, "demo-customer"))
     rows: list[Row] = []
-    orders = []  # (row, kind, handle)
-    for user in okta_users:
-        enrollment = okta.enroll(user)
-        row = Row(len(rows) + 1, "Okta", user.login)
-        row.shipment = post_shipment(okta_client, shipment_body([enrollment.sealed], email=user.login))
-        row.state = "ordered"
+    pins: dict[str, Pin] = {}  # the PIN delivery hook of Entra and PingOne (the mailer)
+
+    def deliver(order: Order, pin: Pin) -> None:
+        pins[order.shipment_id] = pin
+
+    flows = {
+        "okta": OktaWorkflow(providers.clients["okta"], customer),
+        "graph": EntraConnector(providers.clients["graph"], customer, deliver_pin=deliver),
+        "pingone": PingOneConnector(providers.clients["pingone"], customer, deliver_pin=deliver),
+    }
+    people = {kind: iter(demo_users(kind, opts.keys)) for kind in PROVIDERS}
+    for n in range(opts.keys):
+        kind = PROVIDERS[n % len(PROVIDERS)]
+        person = next(people[kind])
+        row = Row(n + 1, LABELS[kind], person["login"], provider=kind, user_id=person["id"])
         rows.append(row)
-        orders.append((row, "okta", (user, enrollment)))
-    for user in entra_users:
-        row = Row(len(rows) + 1, "Entra ID", user.upn)
-        shipment = connector.ship([user])
-        row.shipment = shipment.shipment_id
-        row.state = "ordered"
-        rows.append(row)
-        orders.append((row, "entra", (user, shipment)))
-    rows.sort(key=lambda r: r.number)
+        try:
+            row.order = flows[kind].order(person["id"], _recipient(person))
+        except StationError as exc:
+            row.state, row.error = "not ordered", str(exc)
+            continue
+        row.shipment, row.state = row.order.shipment_id, "ordered"
     update(rows)
 
-    by_shipment = {r.shipment: r for r in rows}
+    by_shipment = {r.shipment: r for r in rows if r.shipment}
     by_serial: dict[str, str] = {}
+    item_rows: dict[int, Row] = {}
 
     def on_event(event: dict) -> None:
         row = by_shipment.get(event.get("shipment", ""))
@@ -256,15 +359,14 @@ def _round_trip(opts, folder, keystore, store, service, update) -> list[Row]:
             row.state, row.model, row.serial = "programming", event.get("model") or "", event.get("serial") or ""
             if str(event.get("device", "")).startswith("virtual:"):
                 by_serial[row.serial] = event["device"].split(":", 1)[1]
-            _item_rows[event["item"]] = row
-        elif kind == "fulfilled" and event.get("item") in _item_rows:
-            _item_rows[event["item"]].state = "programmed"
-        elif kind == "failed" and event.get("item") in _item_rows:
-            target = _item_rows[event["item"]]
+            item_rows[event["item"]] = row
+        elif kind == "fulfilled" and event.get("item") in item_rows:
+            item_rows[event["item"]].state = "programmed"
+        elif kind == "failed" and event.get("item") in item_rows:
+            target = item_rows[event["item"]]
             target.state, target.error = "failed at the factory", f"{event.get('error_code')}: {event.get('message')}"
         update(rows)
 
-    _item_rows: dict[int, Row] = {}
     run_opts = RunOptions(
         service=service.url, token=store.create_token(Role.STATION, "demo-station"),
         spec=f"virtual:{folder}/vkeys/", keys_dir=keystore.path, journal_dir=folder / "journal",
@@ -280,82 +382,72 @@ def _round_trip(opts, folder, keystore, store, service, update) -> list[Row]:
     daemon = threading.Thread(target=station.run, name="station-daemon", daemon=True)
     daemon.start()
     try:
-        for row, kind, handle in orders:
-            client = okta_client if kind == "okta" else entra_client
+        for row in rows:
+            if row.order is None:
+                continue
             try:
-                shipment = wait_shipment(client, row.shipment, timeout=opts.timeout, poll_interval=0.05)
+                collect(flows[row.provider], customer, row.order, timeout=opts.timeout, poll_interval=0.05)
             except StationError as exc:
                 row.state, row.error = "not fulfilled", str(exc)
                 continue
-            if kind == "okta":
-                _finish_okta(okta, row, handle, shipment)
-            else:
-                _finish_entra(row, handle)
+            _after_finish(row, providers, pins)
             update(rows)
     finally:
         station.stop.set()
         daemon.join(timeout=30)
-        okta_client.close()
-        entra_client.close()
+        customer.close()
     if station.fatal is not None:
         raise station.fatal
-    for row, kind, handle in orders:
+    for row in rows:
         if row.verified:
-            _sign_in(row, kind, handle, okta if kind == "okta" else entra, by_serial, opts.transport)
+            _sign_in(row, providers, by_serial, opts.transport)
             update(rows)
     return rows
 
 
-def _finish_okta(okta: OktaTenant, row: Row, handle, shipment: dict) -> None:
-    user, enrollment = handle
-    product = shipment["shipment_items"][0]["product_data"][0]
-    if "error_code" in product:
-        row.state, row.error = "failed at the factory", f"{product['error_code']}: {product['error_message']}"
+def _after_finish(row: Row, providers: _Providers, pins: dict[str, Pin]) -> None:
+    order = row.order
+    if not order.ok:
+        row.state = "failed at the factory" if order.error_code in _ITEM_CODES else f"refused by {row.idp}"
+        row.error = f"{order.error_code}: {order.error_message}"
         return
-    cred_responses = [{"authenticatorEnrollmentId": enrollment.authenticator_enrollment_id, "credResponseJwe": jwe}
-                      for jwe in product["fido_credential_responses"]]
-    try:
-        activation = okta.activate(enrollment, product["fido_pin_response"], cred_responses)
-    except StationError as exc:
-        row.state, row.error = "refused by Okta", str(exc)
-        return
-    row.pin, row.verified, row.state = activation.pin, True, "verified, registered"
-    row.serial = activation.serial_number or row.serial
+    row.verified, row.state = True, "verified, registered"
+    row.serial = order.serial_number or row.serial
+    if row.provider == "okta":  # Okta mailed the PIN: the user reads it in their mailbox
+        standin = providers.standins.get("okta")
+        row.pin = standin.outbox.get(row.user_id) if standin is not None else None
+        if row.pin is not None:
+            row.pin = Pin(row.pin.reveal())
+    else:
+        row.pin = pins.get(order.shipment_id)
 
 
-def _finish_entra(row: Row, handle) -> None:
-    user, shipment = handle
-    shipment.shipment = None
-    try:
-        shipment.wait_fulfilled(timeout=5)
-        result = shipment.register()[0]
-    except StationError as exc:
-        row.state, row.error = "refused by Entra", str(exc)
-        return
-    if not result.ok:
-        row.state, row.error = "refused by Entra", f"{result.error_code}: {result.error_message}"
-        return
-    row.pin, row.verified, row.state = result.pin, True, "verified, registered"
-    row.serial = result.serial_number or row.serial
+_ITEM_CODES = {"decrypt_failed", "invalid_request", "expired", "device_unsupported", "device_not_fresh",
+               "device_error", "user_presence_timeout", "shipment_failed"}
 
 
-def _sign_in(row: Row, kind: str, handle, tenant, by_serial: dict[str, str], transport: str) -> None:
-    """The user receives the key and, separately, the PIN; signs in, changing the PIN first."""
+def _sign_in(row: Row, providers: _Providers, by_serial: dict[str, str], transport: str) -> None:
+    """The user receives the key and, separately, the PIN; signs in at their provider, changing
+    the PIN first (the key forces it)."""
     from station.virtual import open_virtual
 
-    user = handle[0]
     statefile = by_serial.get(row.serial)
     if not statefile:
         row.error = f"no key with serial {row.serial} came out of the factory"
         return
-    if kind == "okta":
-        rp_id, origin, creds = OKTA_DOMAIN, f"https://{OKTA_DOMAIN}", tenant.credentials(user)
-    else:
-        rp_id, origin, creds = "login.microsoft.com", "https://login.microsoft.com", tenant.credentials(user)
+    if row.pin is None:
+        row.signin_skipped = "the provider mailed the PIN itself: the user signs in there"
+        row.state = "registered, PIN mailed"
+        return
+    from station.standins import OKTA_DOMAIN
+
+    origin = {"okta": f"https://{OKTA_DOMAIN}", "graph": "https://login.microsoft.com"}.get(
+        row.provider, row.order.origin)
     new_pin = Pin("".join(secrets.choice("0123456789") for _ in range(8)))
     device = open_virtual(statefile, transport="hid" if transport == "hid" else "direct")
     try:
-        result = sign_in(device, rp_id=rp_id, origin=origin, credentials=creds, pin=row.pin, new_pin=new_pin)
+        result = sign_in_with(device, relying_party=ProviderSignIn(providers.signin_url[row.provider], row.user_id),
+                              origin=origin, pin=row.pin, new_pin=new_pin)
     except StationError as exc:
         row.error = f"sign-in: {exc}"
         return

@@ -14,7 +14,7 @@ from station.demo import DemoOptions, run_demo
 def test_the_demo_orders_programs_verifies_and_signs_in_with_every_key():
     result = run_demo(DemoOptions(keys=4))
     assert result.ok
-    assert {r.idp for r in result.rows} == {"Okta", "Entra ID"}
+    assert [r.idp for r in result.rows] == ["Okta", "Entra ID", "PingOne", "Okta"]
     for row in result.rows:
         assert row.state == "signed in" and row.verified and row.signed_in and not row.error
         assert row.serial.isdigit() and row.model.startswith("YubiKey 5")
@@ -56,3 +56,69 @@ def test_the_demo_refuses_bad_options():
     with pytest.raises(Exception) as refused:
         run_demo(DemoOptions(keys=1, transport="carrier-pigeon"))
     assert "carrier-pigeon" in str(refused.value)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_listening(port: int, proc, timeout: float = 30.0) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the stand-in exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_the_demo_points_the_same_clients_at_standin_processes(tmp_path):
+    """`station standin graph|pingone` in processes of their own, the demo told where by URL and
+    the written customer configuration: the same clients, over loopback, end in a sign-in."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "customer.toml"
+    procs, urls = [], {}
+    try:
+        for kind in ("graph", "pingone"):
+            port = _free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "station.cli", "standin", kind, "--port", str(port),
+                                     "--trust-test-ca", "--write-config", str(config)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(proc)
+            _wait_listening(port, proc)
+            urls[kind] = f"http://127.0.0.1:{port}"
+        assert (tmp_path / "customer-graph.secret").stat().st_mode & 0o777 == 0o600
+        assert "client_secret =" not in config.read_text()
+        result = run_demo(DemoOptions(keys=3, graph_url=urls["graph"], login_url=urls["graph"],
+                                      pingone_url=urls["pingone"], pingone_auth_url=urls["pingone"],
+                                      customer_config=config))
+    finally:
+        printed = ""
+        for proc in procs:
+            proc.terminate()
+            out, err = proc.communicate(timeout=10)
+            printed += out.decode() + err.decode()
+    for kind in ("graph", "pingone"):  # the secret is in its 0600 file only, never printed
+        secret = (tmp_path / f"customer-{kind}.secret").read_text().strip()
+        assert len(secret) > 20 and secret not in printed and secret not in config.read_text()
+    assert result.ok, [r.error for r in result.rows]
+    assert [r.idp for r in result.rows] == ["Okta", "Entra ID", "PingOne"]
+    assert all(r.signed_in for r in result.rows)
+
+
+def test_the_demo_names_an_unreachable_provider():
+    result = CliRunner().invoke(cli, ["demo", "--keys", "2", "--okta-url", "http://127.0.0.1:9"],
+                                env={"STATION_OKTA_API_TOKEN": "00x"}, terminal_width=200)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Okta at http://127.0.0.1:9 cannot be reached" in " ".join(result.output.split())

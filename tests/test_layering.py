@@ -40,6 +40,8 @@ RULES = [
      "a customer touches a key only as an end user does"),
     ("fulfillment", None, ("station.virtual", "station.customer", "station.cli"),
      "the daemon reaches keys through device, like any station code"),
+    ("standins", None, ("station.",), "Okta, Graph and PingOne, as virtual is a YubiKey: reached only over HTTP"),
+    ("customer", None, ("station.standins",), "the customer reaches the providers only over HTTP"),
     ("fulfillment", ("api.py", "store.py", "client.py", "models.py", "errors.py"),
      ("station.provision", "station.device", "station.virtual", "station.cli"),
      "the service never touches a key; only the runner calls provision"),
@@ -60,6 +62,13 @@ def test_leaf_modules_import_nothing_of_ours():
     for name in LEAVES - {"station"}:
         path = ROOT / (name.split(".", 1)[1] + ".py")
         assert station_imports(path) <= {"station.errors"} or not station_imports(path), name
+
+
+def test_only_the_demo_and_the_cli_start_standins():
+    for path in ROOT.rglob("*.py"):
+        if path.name == "demo.py" or path.name.startswith("cli") or "standins" in path.parts:
+            continue
+        assert not any(m.startswith("station.standins") for m in station_imports(path)), path
 
 
 def test_nothing_imports_the_cli():

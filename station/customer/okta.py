@@ -1,216 +1,164 @@
-"""An Okta-like tenant: WebAuthn pre-registration through a fulfillment provider.
+"""An HTTP client of Okta's WebAuthn preregistration API (`/webauthn-registration/api/v1/`).
 
-The shapes follow Okta's WebAuthn Preregistration API (`/webauthn-registration/api/v1/enroll`
-answers `{fulfillmentProvider, pinRequestJwe, credRequests: [{authenticatorEnrollmentId,
-credRequestJwe, keyId}]}`; `/activate` takes `{pinResponseJwe, credResponses:
-[{authenticatorEnrollmentId, credResponseJwe}], serial, version}`); the inner payloads are
-PROTOCOL.md's. The relying party is the tenant domain (e.g. `acme.okta.com`), and each
-enrollment has its own response key pair, whose kid is Okta's `keyId`.
+The seven endpoints of Okta's `WebAuthnPreregistrationApi` (Okta management API reference and
+SDK docs), one method each, plain JSON in and out:
+
+| method | endpoint |
+|---|---|
+| `initiate_fulfillment_request` | POST initiate-fulfillment-request → 204 |
+| `enroll` | POST enroll → `{credRequests, fulfillmentProvider, pinRequestJwe, userId}` |
+| `activate` | POST activate → `{authenticatorEnrollmentIds, fulfillmentProvider, userId}` |
+| `send_pin` | POST send-pin → 204 (Okta mails the PIN to the user) |
+| `list_enrollments` | GET users/{userId}/enrollments → `[WebAuthnPreregistrationFactor]` |
+| `delete_enrollment` | DELETE users/{userId}/enrollments/{authenticatorEnrollmentId} → 204 |
+| `mark_error` | POST users/{userId}/enrollments/{authenticatorEnrollmentId}/mark-error → 204 |
+
+Authentication is an Okta API token (`Authorization: SSWS <token>`). Okta's error object
+`{errorCode, errorSummary, errorLink, errorId, errorCauses}` becomes `OktaError` (and
+`OktaThrottled` for 429 E0000047, after waiting out X-Rate-Limit-Reset a bounded number of times).
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-from dataclasses import dataclass, field
+import httpx
 
-from fido2.utils import websafe_encode
+from pydantic import BaseModel, Field
 
-from station.customer.orders import SealedItem, new_response_key, seal_item
-from station.customer.verify import (
-    MailedPin,
-    StoredCredential,
-    customer_verifier,
-    open_item_responses,
-    register_credential,
-)
-from station.errors import StationError
-from station.protocol.jose import ResponseRejected
+from station.customer.http import ProviderClient, ProviderError, ProviderHttp, Throttled, checked, json_or_none
+from station.customer.settings import OktaSettings
 
+API = "/webauthn-registration/api/v1"
 FULFILLMENT_PROVIDER = "yubico"
-PIN_LENGTH = 6
-CHALLENGE_BYTES = 32
 
 
-class UnknownEnrollment(StationError):
-    """An activation names an enrollment this tenant did not make, or one already activated."""
-
-    code = "unknown_enrollment"
-
-
-@dataclass(frozen=True)
-class OktaUser:
-    """An Okta user: its id (`00u…`), login and display name."""
-
-    id: str
-    login: str
-    display_name: str
+class _CredRequest(BaseModel):
+    authenticatorEnrollmentId: str
+    credRequestJwe: str
+    keyId: str
 
 
-@dataclass
-class Enrollment:
-    """A pending pre-registered WebAuthn factor: what enroll answers, and what the tenant keeps
-    to activate it (the response key pair inside `sealed`, the creation options)."""
+class EnrollmentInitializationResponse(BaseModel):
+    """What the flows read of Okta's enroll answer."""
 
-    user: OktaUser
-    authenticator_enrollment_id: str
-    sealed: SealedItem = field(repr=False)
+    credRequests: list[_CredRequest] = Field(min_length=1)
+    pinRequestJwe: str
+    userId: str
 
-    @property
-    def key_id(self) -> str:
-        """Okta's `keyId`: the kid of this enrollment's response key."""
-        return self.sealed.response_key["kid"]
 
-    @property
-    def challenge(self) -> str:
-        return self.sealed.options[0]["challenge"]
+class EnrollmentActivationResponse(BaseModel):
+    authenticatorEnrollmentIds: list[str]
+    userId: str
 
-    @property
-    def body(self) -> dict:
-        """The enroll answer: `{fulfillmentProvider, pinRequestJwe, credRequests}`."""
-        return {
+
+class OktaError(ProviderError):
+    """Okta refused a call: `provider_code` is its errorCode (E0000001 ...), `details` the
+    errorCauses' summaries, `error_id` Okta's errorId (quote it to Okta support)."""
+
+    code = "okta_error"
+
+    def __init__(self, message: str, *, error_id: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.error_id = error_id
+
+
+class OktaThrottled(Throttled):
+    code = "okta_throttled"
+
+
+class OktaUnauthorized(OktaError):
+    """401 E0000011: the API token is wrong, revoked or expired."""
+
+    code = "okta_unauthorized"
+
+
+class OktaNotFound(OktaError):
+    """404 E0000007: no such user or factor."""
+
+    code = "okta_not_found"
+
+
+def _okta_error(response: httpx.Response, what: str) -> OktaError:
+    body = json_or_none(response)
+    if not isinstance(body, dict) or "errorCode" not in body:
+        return OktaError(f"Okta answered {what} with HTTP {response.status_code} and no Okta error object",
+                         status=response.status_code)
+    causes = [c.get("errorSummary", "") for c in body.get("errorCauses") or [] if isinstance(c, dict)]
+    message = f"Okta refused {what}: {body.get('errorCode')} {body.get('errorSummary', '')}".rstrip()
+    if causes:
+        message += " (" + "; ".join(causes) + ")"
+    cls = {401: OktaUnauthorized, 404: OktaNotFound}.get(response.status_code, OktaError)
+    return cls(message, status=response.status_code, provider_code=body.get("errorCode"), details=causes,
+               error_id=body.get("errorId"))
+
+
+class OktaClient(ProviderClient):
+    """Okta's preregistration API for one org (`settings.url`), with its API token."""
+
+    def __init__(self, settings: OktaSettings, *, transport: httpx.BaseTransport | None = None, sleep=None) -> None:
+        self.settings = settings
+        token = settings.secret()
+        extra = {"sleep": sleep} if sleep is not None else {}
+        self._http = ProviderHttp(
+            settings.url, name="Okta", timeout=settings.timeout, max_retries=settings.max_retries,
+            max_retry_wait=settings.max_retry_wait, transport=transport,
+            auth_header=lambda: {"Authorization": f"SSWS {token}", "Accept": "application/json"},
+            throttled=lambda r, wait: OktaThrottled(
+                f"Okta is rate-limiting this org (429 E0000047); retry after {wait:.0f} s", status=429,
+                provider_code="E0000047", retry_after=wait),
+            **extra,
+        )
+
+    def __repr__(self) -> str:
+        return f"OktaClient({self.settings.url!r})"
+
+    _refusal = staticmethod(lambda response, what: _okta_error(response, what))
+    _prefix = API
+
+    # -- the seven endpoints ------------------------------------------------------------------------
+
+    def initiate_fulfillment_request(self, *, user_id: str, fulfillment_data: list[dict]) -> None:
+        """Ask Okta to order a key from the fulfillment provider itself (`fulfillmentData`:
+        `[{productId, inventoryProductId, customizationId}]`)."""
+        self._call("POST", "/initiate-fulfillment-request", "initiate-fulfillment-request",
+                   json={"fulfillmentData": fulfillment_data, "fulfillmentProvider": FULFILLMENT_PROVIDER,
+                         "userId": user_id}, expect=204)
+
+    def enroll(self, *, user_id: str, transport_key: dict, rp_ids: list[str] | None = None) -> dict:
+        """A pending factor: Okta seals the PIN request and one credential request per RP ID to
+        `transport_key` (a public P-384 JWK of the factory's transport JWKS)."""
+        jwk = {k: transport_key[k] for k in ("kty", "crv", "kid", "use", "x", "y") if k in transport_key}
+        return checked(EnrollmentInitializationResponse, self._call("POST", "/enroll", "enroll", json={
+            "enrollmentRpIds": rp_ids or self.settings.enrollment_rp_ids,
             "fulfillmentProvider": FULFILLMENT_PROVIDER,
-            "pinRequestJwe": self.sealed.pin_request_jwe,
-            "credRequests": [
-                {
-                    "authenticatorEnrollmentId": self.authenticator_enrollment_id,
-                    "credRequestJwe": jwe,
-                    "keyId": self.key_id,
-                }
-                for jwe in self.sealed.credential_request_jwes
-            ],
-        }
+            "userId": user_id,
+            "yubicoTransportKeyJWK": jwk,
+        }), who="Okta", what="enroll")
 
-
-@dataclass(frozen=True)
-class Activation:
-    """An activated factor: the PIN to mail (masked), the registered credential, and the key's
-    serial and firmware as the signed responses state them."""
-
-    user: OktaUser
-    authenticator_enrollment_id: str
-    pin: MailedPin
-    credential: StoredCredential
-
-    @property
-    def serial_number(self) -> str | None:
-        return self.credential.serial_number
-
-    @property
-    def firmware_version(self) -> str | None:
-        return self.credential.firmware_version
-
-    @property
-    def body(self) -> dict:
-        """The activate answer: `{fulfillmentProvider, userId, authenticatorEnrollmentIds}`."""
-        return {
+    def activate(self, *, user_id: str, enrollment_id: str, pin_response_jwe: str, cred_response_jwes: list[str],
+                 serial: str, version: str, signing_jwks: list[dict]) -> dict:
+        """Hand Okta the key's sealed responses (and the factory's signing keys to check them)."""
+        return checked(EnrollmentActivationResponse, self._call("POST", "/activate", "activate", json={
+            "credResponses": [{"authenticatorEnrollmentId": enrollment_id, "credResponseJwe": jwe}
+                              for jwe in cred_response_jwes],
             "fulfillmentProvider": FULFILLMENT_PROVIDER,
-            "userId": self.user.id,
-            "authenticatorEnrollmentIds": [self.authenticator_enrollment_id],
-        }
+            "pinResponseJwe": pin_response_jwe,
+            "serial": serial,
+            "userId": user_id,
+            "version": version,
+            "yubicoSigningJwks": list(signing_jwks),
+        }), who="Okta", what="activate")
 
+    def send_pin(self, *, user_id: str, enrollment_id: str) -> None:
+        """Okta mails the key's PIN to the user (again, until the first sign-in)."""
+        self._call("POST", "/send-pin", "send-pin", expect=204, json={
+            "authenticatorEnrollmentId": enrollment_id, "fulfillmentProvider": FULFILLMENT_PROVIDER, "userId": user_id})
 
-class OktaTenant:
-    """An Okta-like tenant at `domain`: enrolls and activates pre-registered keys, and keeps the
-    registered credentials in memory (`credentials(user)` is what sign-in checks against)."""
+    def list_enrollments(self, user_id: str) -> list[dict]:
+        return self._call("GET", f"/users/{user_id}/enrollments", "the enrollments list")
 
-    def __init__(self, domain: str, transport_jwks: dict, signing_jwks: dict, trust_test_ca: bool) -> None:
-        self.domain = domain
-        self.transport_jwks = transport_jwks
-        self.signing_jwks = signing_jwks
-        self._verifier = customer_verifier(trust_test_ca=trust_test_ca)
-        self._pending: dict[str, Enrollment] = {}
-        self._registered: dict[str, list[StoredCredential]] = {}
+    def delete_enrollment(self, user_id: str, enrollment_id: str) -> None:
+        self._call("DELETE", f"/users/{user_id}/enrollments/{enrollment_id}", "delete", expect=204)
 
-    @property
-    def origin(self) -> str:
-        return f"https://{self.domain}"
-
-    def creation_options(self, user: OktaUser) -> dict:
-        """PublicKeyCredentialCreationOptionsJSON for rp = the tenant domain: a fresh challenge,
-        ES256 then RS256, a discoverable credential, UV required, direct attestation."""
-        return {
-            "rp": {"id": self.domain, "name": self.domain},
-            "user": {"id": websafe_encode(user.id.encode()), "name": user.login, "displayName": user.display_name},
-            "challenge": websafe_encode(os.urandom(CHALLENGE_BYTES)),
-            "pubKeyCredParams": [{"type": "public-key", "alg": -7}, {"type": "public-key", "alg": -257}],
-            "authenticatorSelection": {
-                "residentKey": "required",
-                "requireResidentKey": True,
-                "userVerification": "required",
-            },
-            "attestation": "direct",
-        }
-
-    def enroll(self, user: OktaUser) -> Enrollment:
-        """`POST /webauthn-registration/api/v1/enroll`: a PIN request and one credential request,
-        sealed to the factory's transport key, with a new response key pair (kid = keyId)."""
-        enrollment_id = "pae" + secrets.token_hex(8)
-        sealed = seal_item(
-            transport_jwks=self.transport_jwks,
-            options=[self.creation_options(user)],
-            length=PIN_LENGTH,
-            min_pin_length=PIN_LENGTH,
-            force_pin_change=True,
-            response_key=new_response_key(f"okta-{secrets.token_hex(10)}"),
-        )
-        enrollment = Enrollment(user, enrollment_id, sealed)
-        self._pending[enrollment_id] = enrollment
-        return enrollment
-
-    def activate(self, enrollment: Enrollment, pin_response_jwe: str, cred_responses: list[dict]) -> Activation:
-        """`POST /webauthn-registration/api/v1/activate`: open `pinResponseJwe` and every
-        `credResponses[].credResponseJwe`, verify them (signature, requestDigest, challenge,
-        origin, rpId hash, UV, attestation), register the credential, record serial and firmware.
-
-        Raises UnknownEnrollment, ResponseRejected, RegistrationRejected or NotGenuine.
-        """
-        if self._pending.get(enrollment.authenticator_enrollment_id) is not enrollment:
-            raise UnknownEnrollment("this enrollment is unknown to the tenant or already activated")
-        opened = open_item_responses(
-            sealed=enrollment.sealed,
-            pin_response_jwe=pin_response_jwe,
-            credential_response_jwes=self._cred_response_jwes(enrollment, cred_responses),
-            signing_jwks=self.signing_jwks,
-        )
-        registered = register_credential(
-            opened.credentials[0],
-            rp_id=self.domain,
-            rp_name=self.domain,
-            challenge=enrollment.challenge,
-            verifier=self._verifier,
-        )
-        stored = StoredCredential(
-            credential=registered.credential,
-            user_id=enrollment.user.id.encode(),
-            user_name=enrollment.user.login,
-            sign_count=registered.sign_count,
-            aaguid=opened.aaguid,
-            serial_number=opened.serial_number,
-            firmware_version=opened.firmware_version,
-        )
-        del self._pending[enrollment.authenticator_enrollment_id]
-        self._registered.setdefault(enrollment.user.id, []).append(stored)
-        return Activation(
-            enrollment.user,
-            enrollment.authenticator_enrollment_id,
-            opened.pin,
-            stored,
-        )
-
-    @staticmethod
-    def _cred_response_jwes(enrollment: Enrollment, cred_responses: list[dict]) -> list[str]:
-        """`credResponses[{authenticatorEnrollmentId, credResponseJwe}]` of this enrollment."""
-        jwes = []
-        for entry in cred_responses:
-            if entry.get("authenticatorEnrollmentId") != enrollment.authenticator_enrollment_id:
-                raise ResponseRejected("a credential response names another authenticatorEnrollmentId")
-            jwe = entry.get("credResponseJwe")
-            if not isinstance(jwe, str):
-                raise ResponseRejected("a credential response has no credResponseJwe")
-            jwes.append(jwe)
-        return jwes
-
-    def credentials(self, user: OktaUser) -> list[StoredCredential]:
-        """The user's registered credentials (sign-in verifies against these)."""
-        return list(self._registered.get(user.id, []))
+    def mark_error(self, user_id: str, enrollment_id: str) -> None:
+        """The factor's status becomes FULFILLMENT_ERRORED (the factory could not make the key)."""
+        self._call("POST", f"/users/{user_id}/enrollments/{enrollment_id}/mark-error", "mark-error", expect=204)

@@ -98,18 +98,21 @@ def seal_item(
     return SealedItem(pin_jwe, cred_jwes, response_key, pin_request["requestId"], cred_ids, list(options))
 
 
-def shipment_body(items: list[SealedItem], *, email: str = "jane.doe@example.com") -> dict:
-    """A `POST /v1/fpr/shipments` body (YubiEnterprise shape) with one shipment item per key."""
+def shipment_body(items: list[SealedItem | dict], *, email: str = "jane.doe@example.com",
+                  recipient: dict | None = None, address: dict | None = None) -> dict:
+    """A `POST /v1/fpr/shipments` body (YubiEnterprise shape) with one shipment item per key
+    (the service takes exactly one: PROTOCOL.md §4). An item is a SealedItem or its
+    `product_customizations` entry; `recipient` and `address` default to an example person."""
     return {
         "delivery_type": 1,
-        "recipient": {
+        "recipient": recipient or {
             "recipient_company": "Example Corp",
             "recipient_email": email,
             "recipient_firstname": "Jane",
             "recipient_lastname": "Doe",
             "recipient_telephone": "+1 555 0100",
         },
-        "mailing_address": {
+        "mailing_address": address or {
             "street_line1": "1 Example Way",
             "street_line2": "",
             "city": "Springfield",
@@ -123,7 +126,7 @@ def shipment_body(items: list[SealedItem], *, email: str = "jane.doe@example.com
                 "inventory_product_id": 18,
                 "product_quantity": 1,
                 "customization_id": "CUST01",
-                "product_customizations": [item.customization],
+                "product_customizations": [item.customization if isinstance(item, SealedItem) else item],
             }
             for item in items
         ],
@@ -145,21 +148,48 @@ class FulfillmentPort(Protocol):
 
 
 class ShipmentState(IntEnum):
-    """`shipment_state_id` (PROTOCOL.md §4, Yubico's numbering)."""
+    """`shipment_state_id` (PROTOCOL.md §4, YubiEnterprise's numbering)."""
 
     RECEIVED = 100
     IN_FULFILLMENT = 101
-    FULFILLED = 103
+    PROGRAMMED = 102
+    SHIPPED = 103
+    DELIVERED = 104
+    INCOMPLETE_REQUEST = 1
+    INCOMPLETE = 6
+    ADDRESS_UNDELIVERABLE = 7
     PROCESSING_ERROR = 8
+    DENIED_PARTY = 9
+    SHIPPING_ERROR = 99
+    LOST = 105
+    DELIVERY_EXCEPTION = 106
 
 
-FINISHED_STATES = (ShipmentState.FULFILLED, ShipmentState.PROCESSING_ERROR)
+#: responses readable: the poll returns the shipment (8 too: its items carry their error_code)
+FINISHED_STATES = (ShipmentState.PROGRAMMED, ShipmentState.SHIPPED, ShipmentState.DELIVERED,
+                   ShipmentState.PROCESSING_ERROR)
+#: the error states on which the poll stops with ShipmentFailed, and what each means
+STOP_STATES = {
+    ShipmentState.INCOMPLETE_REQUEST: "incomplete shipping request",
+    ShipmentState.INCOMPLETE: "incomplete",
+    ShipmentState.ADDRESS_UNDELIVERABLE: "address undeliverable",
+    ShipmentState.DENIED_PARTY: "denied-party list match",
+    ShipmentState.SHIPPING_ERROR: "shipping error",
+    ShipmentState.LOST: "lost or missing",
+    ShipmentState.DELIVERY_EXCEPTION: "delivery exception",
+}
 
 
 class ShipmentTimeout(StationError):
-    """A shipment was not finished (fulfilled or processing error) in the time allowed."""
+    """A shipment was not finished (programmed, shipped, delivered or processing error) in the time allowed."""
 
     code = "shipment_timeout"
+
+
+class ShipmentFailed(StationError):
+    """The fulfillment provider stopped a shipment in an error state (PROTOCOL.md §4)."""
+
+    code = "shipment_failed"
 
 
 def as_json(answer: Any) -> dict:
@@ -182,8 +212,9 @@ def wait_shipment(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict:
-    """Poll `GET /v1/fpr/shipments/{id}` until its state is 103 (fulfilled) or 8 (processing
-    error: some items carry `error_code`), and return that shipment. Raises ShipmentTimeout."""
+    """Poll `GET /v1/fpr/shipments/{id}` until its responses are readable (102, 103, 104) or it
+    failed in processing (8: its items carry `error_code`), and return that shipment. Raises
+    ShipmentFailed on any other error state and ShipmentTimeout when time runs out."""
     deadline = clock() + timeout
     while True:
         shipment = as_json(port.get_shipment(shipment_id))
@@ -192,6 +223,9 @@ def wait_shipment(
         state = shipment["shipment_state"]["shipment_state_id"]
         if state in FINISHED_STATES:
             return shipment
+        if state in STOP_STATES:
+            raise ShipmentFailed(f"shipment {shipment_id} was stopped by the fulfillment provider: "
+                                 f"state {state} ({STOP_STATES[state]})")
         if clock() >= deadline:
             raise ShipmentTimeout(f"shipment {shipment_id} still in state {state} after {timeout:g} s")
         sleep(poll_interval)

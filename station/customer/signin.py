@@ -12,6 +12,7 @@ hash, UP and UV flags, signature) and the signature counter.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from fido2.client import ClientError, DefaultClientDataCollector, Fido2Client, UserInteraction
 from fido2.ctap import CtapDevice, CtapError
@@ -20,6 +21,7 @@ from fido2.server import Fido2Server
 from fido2.webauthn import (
     AuthenticationResponse,
     AuthenticatorData,
+    PublicKeyCredentialRequestOptions,
     PublicKeyCredentialRpEntity,
     UserVerificationRequirement,
 )
@@ -69,6 +71,84 @@ class SignInResult:
     user_verified: bool
 
 
+class RelyingPartyPort(Protocol):
+    """The identity provider's side of a sign-in: the request options, then the verdict."""
+
+    rp_id: str
+
+    def begin(self) -> dict:
+        """PublicKeyCredentialRequestOptionsJSON (base64url binaries)."""
+
+    def complete(self, response: dict) -> int:
+        """Check an AuthenticationResponseJSON; → the new signature count. Raises SignInFailed."""
+
+
+class LocalRelyingParty:
+    """A relying party in this process, over credentials registered here (Fido2Server)."""
+
+    def __init__(self, rp_id: str, credentials: list[StoredCredential]) -> None:
+        if not credentials:
+            raise SignInFailed(f"no credential is registered for {rp_id}")
+        self.rp_id = rp_id
+        self.credentials = credentials
+        self._server = Fido2Server(PublicKeyCredentialRpEntity(id=rp_id, name=rp_id))
+        self._state = None
+
+    def begin(self) -> dict:
+        options, self._state = self._server.authenticate_begin(
+            [c.credential for c in self.credentials], user_verification=UserVerificationRequirement.REQUIRED)
+        return dict(options.public_key)
+
+    def complete(self, response: dict) -> int:
+        parsed = AuthenticationResponse.from_dict(response)
+        _stored, auth_data = _verify(self._server, self._state, self.credentials, parsed)
+        return auth_data.counter
+
+
+class ProviderSignIn:
+    """The sign-in page of a stand-in identity provider (`/_standin/signin/{userId}`), reached
+    over HTTP as the user's browser reaches the provider's page."""
+
+    def __init__(self, base_url: str, user_id: str, *, timeout: float = 30.0) -> None:
+        import httpx
+
+        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+        self._user = user_id
+        self.rp_id = ""
+
+    def _post(self, path: str, **kw):
+        import httpx
+
+        try:
+            return self._http.post(path, **kw)
+        except httpx.HTTPError as exc:
+            self._http.close()
+            raise SignInFailed(f"the identity provider's sign-in page cannot be reached ({exc.__class__.__name__})") from None
+
+    def begin(self) -> dict:
+        answer = self._post(f"/_standin/signin/{self._user}/options")
+        if answer.status_code != 200:
+            self._http.close()
+            raise SignInFailed(f"the identity provider offers no sign-in: {_reason(answer)}")
+        body = answer.json()
+        self.rp_id = body["rpId"]
+        return body["publicKey"]
+
+    def complete(self, response: dict) -> int:
+        answer = self._post(f"/_standin/signin/{self._user}", json=response)
+        self._http.close()
+        if answer.status_code != 200 or not answer.json().get("verified"):
+            raise SignInFailed(f"the identity provider refused the assertion: {_reason(answer)}")
+        return int(answer.json()["signCount"])
+
+
+def _reason(answer) -> str:
+    try:
+        return str(answer.json().get("error", answer.status_code))
+    except ValueError:
+        return f"HTTP {answer.status_code}"
+
+
 def sign_in(
     device: CtapDevice,
     *,
@@ -78,49 +158,57 @@ def sign_in(
     pin: MailedPin,
     new_pin: MailedPin,
 ) -> SignInResult:
-    """Sign in to `rp_id` with the key and its PIN; change the PIN first if the key demands it.
+    """Sign in to `rp_id` against credentials kept in this process (`LocalRelyingParty`)."""
+    return sign_in_with(device, relying_party=LocalRelyingParty(rp_id, credentials), origin=origin,
+                        pin=pin, new_pin=new_pin)
 
-    On success the matched credential's stored `sign_count` is advanced. Raises SignInFailed
-    (KeyRefused when the key said no for another reason than a forced PIN change).
-    """
-    if not credentials:
-        raise SignInFailed(f"no credential is registered for {rp_id}")
-    server = Fido2Server(PublicKeyCredentialRpEntity(id=rp_id, name=rp_id))
+
+def sign_in_with(
+    device: CtapDevice,
+    *,
+    relying_party: RelyingPartyPort,
+    origin: str,
+    pin: MailedPin,
+    new_pin: MailedPin,
+) -> SignInResult:
+    """Sign in with the key and its PIN; change the PIN first if the key demands it. The relying
+    party gives the options and verifies the assertion (signature, challenge, origin, rpId hash,
+    UP, UV, counter). Raises SignInFailed (KeyRefused when the key said no for another reason
+    than a forced PIN change)."""
     first_refusal = None
     try:
-        stored, auth_data = _assert(device, server, origin, credentials, pin)
+        outcome = _assert(device, relying_party, origin, pin)
     except KeyRefused as refused:
         if not _pin_change_forced(device, refused.ctap_code):
             raise
         first_refusal = refused.ctap_code
         _change_pin(device, pin, new_pin)
-        stored, auth_data = _assert(device, server, origin, credentials, new_pin)
+        outcome = _assert(device, relying_party, origin, new_pin)
+    response, sign_count = outcome
     return SignInResult(
-        rp_id=rp_id,
-        credential_id=stored.credential_id,
-        user_id=stored.user_id,
+        rp_id=relying_party.rp_id,
+        credential_id=response.raw_id,
+        user_id=response.response.user_handle or b"",
         pin_change_forced=first_refusal is not None,
         first_refusal=first_refusal.name if first_refusal is not None else None,
-        sign_count=auth_data.counter,
-        user_verified=auth_data.is_user_verified(),
+        sign_count=sign_count,
+        user_verified=response.response.authenticator_data.is_user_verified(),
     )
 
 
-def _assert(
-    device: CtapDevice, server: Fido2Server, origin: str, credentials: list[StoredCredential], pin: MailedPin
-) -> tuple[StoredCredential, AuthenticatorData]:
+def _assert(device: CtapDevice, relying_party: RelyingPartyPort, origin: str,
+            pin: MailedPin) -> tuple[AuthenticationResponse, int]:
     """One authenticatorGetAssertion through Fido2Client, verified by the relying party."""
-    options, state = server.authenticate_begin(
-        [c.credential for c in credentials], user_verification=UserVerificationRequirement.REQUIRED
-    )
+    options = PublicKeyCredentialRequestOptions.from_dict(relying_party.begin())
     client = Fido2Client(device, DefaultClientDataCollector(origin), _PinEntry(pin))
     try:
-        selection = client.get_assertion(options.public_key)
+        selection = client.get_assertion(options)
     except ClientError as exc:
         if isinstance(exc.cause, CtapError):
             raise KeyRefused(exc.cause.code) from None
         raise SignInFailed(f"the client could not sign in ({exc.code.name})") from None
-    return _verify(server, state, credentials, selection.get_response(0))
+    response = selection.get_response(0)
+    return response, relying_party.complete(dict(response))
 
 
 def _verify(

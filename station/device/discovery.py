@@ -16,12 +16,12 @@ from typing import Any
 
 from fido2.ctap import CtapDevice, CtapError
 from fido2.ctap2 import Ctap2, Info
-from fido2.hid import CtapHidDevice
+from fido2.hid import CAPABILITY, CtapHidDevice
 
 from station.vendors import USB_VENDORS, lookup
 from station.device.identity import Identity, read_identity
 from station.device.faults import TRANSPORT_ERRORS, key_fault
-from station.errors import StationError, UsageError
+from station.errors import DeviceUnsupported, StationError, UsageError
 
 TRANSPORT_HID = "usb-hid"
 TRANSPORT_PCSC = "pcsc"
@@ -124,6 +124,9 @@ class Device:
 
 def describe(ctap_device: CtapDevice, *, spec: str, transport: str, path: str) -> Device:
     """Read getInfo, the catalogue and the vendor identity of an open CtapDevice."""
+    if not ctap_device.capabilities & CAPABILITY.CBOR:  # python-fido2's Ctap2 would raise ValueError
+        raise DeviceUnsupported(f"{path}: a CTAP1/U2F-only key (no CTAP2): it cannot hold a PIN or a "
+                                "discoverable credential; set it aside")
     try:
         ctap2 = Ctap2(ctap_device)
         info = ctap2.info

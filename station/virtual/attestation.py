@@ -83,7 +83,8 @@ def load_test_ca() -> CertAndKey:
 def issue_attestation_certificate(
     ca: CertAndKey, *, aaguid: bytes, vendor: str, model: str, serial: int
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A fresh attestation key and its certificate, signed by `ca`, carrying `aaguid`."""
+    """A fresh attestation key and its certificate, signed by `ca`, carrying `aaguid` (none for
+    the all-zero AAGUID of a U2F-only key)."""
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name(
@@ -95,7 +96,7 @@ def issue_attestation_certificate(
         ]
     )
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
@@ -104,9 +105,10 @@ def issue_attestation_certificate(
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(min(now + dt.timedelta(days=365 * 20), ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.UnrecognizedExtension(OID_AAGUID, b"\x04\x10" + aaguid), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if aaguid != bytes(16):  # a CTAP1/U2F-only key has no AAGUID, and its certificate no extension
+        builder = builder.add_extension(x509.UnrecognizedExtension(OID_AAGUID, b"\x04\x10" + aaguid), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
     return key, cert
 
 

@@ -30,6 +30,7 @@ from .config import ConfigCommand
 from .credentials import CredentialCommands
 from .credman import CredentialManagementCommand
 from .errors import VirtualError
+from .large_blobs import LargeBlobsCommand
 from .presence import Keepalive, LatencyModel, PresencePolicy
 from .profiles import PROFILES, STATIC_OPTIONS, Profile
 from .state import KeyState, StateFile
@@ -37,8 +38,6 @@ from .u2f import U2fCommands
 
 ERR = CtapError.ERR
 CMD = Ctap2.CMD
-#: authenticatorReset is only allowed this long after power-up (CTAP 2.1 §6.6).
-RESET_WINDOW_SECONDS = 10.0
 
 
 class INFO:
@@ -57,6 +56,8 @@ class INFO:
     FORCE_PIN_CHANGE = 0x0C
     MIN_PIN_LENGTH = 0x0D
     FIRMWARE_VERSION = 0x0E
+    MAX_SERIALIZED_LARGE_BLOB_ARRAY = 0x0B
+    MAX_CRED_BLOB_LENGTH = 0x0F
     MAX_RPIDS_FOR_SET_MIN_PIN_LENGTH = 0x10
     REMAINING_DISCOVERABLE_CREDENTIALS = 0x14
 
@@ -106,6 +107,7 @@ class VirtualAuthenticator:
         self.config_command = ConfigCommand(self)
         self.credman_command = CredentialManagementCommand(self)
         self.u2f_commands = U2fCommands(self)
+        self.large_blobs_command = LargeBlobsCommand(self)
         self.pin_uv = PinUvAuth()
         self.powered_up = time.monotonic()
         self._handlers = self._dispatch_table()
@@ -223,6 +225,8 @@ class VirtualAuthenticator:
     ) -> dict | None:
         if not request:
             raise CtapError(ERR.INVALID_LENGTH)
+        if not self.profile.ctap2:  # a CTAP1-only key knows no CTAP2 command
+            raise CtapError(ERR.INVALID_COMMAND)
         if len(request) > self.profile.max_msg_size:
             raise CtapError(ERR.REQUEST_TOO_LARGE)
         command, params = request[0], _decode_params(request[1:])
@@ -254,6 +258,8 @@ class VirtualAuthenticator:
             table[CMD.SELECTION] = self.selection
         if "authnrCfg" in options:
             table[CMD.CONFIG] = self.config_command
+        if self.profile.max_large_blob:
+            table[CMD.LARGE_BLOBS] = self.large_blobs_command
         return table
 
     # -- authenticatorGetInfo -----------------------------------------------------------
@@ -285,6 +291,10 @@ class VirtualAuthenticator:
             info[INFO.FORCE_PIN_CHANGE] = s.force_pin_change
             info[INFO.MIN_PIN_LENGTH] = s.min_pin_length
             info[INFO.REMAINING_DISCOVERABLE_CREDENTIALS] = self.remaining_discoverable()
+        if p.max_large_blob:
+            info[INFO.MAX_SERIALIZED_LARGE_BLOB_ARRAY] = p.max_large_blob
+        if "credBlob" in p.extensions:
+            info[INFO.MAX_CRED_BLOB_LENGTH] = p.max_cred_blob_length
         if p.force_pin_change:
             info[INFO.MAX_RPIDS_FOR_SET_MIN_PIN_LENGTH] = p.max_rpids_for_min_pin
         return info
@@ -294,9 +304,10 @@ class VirtualAuthenticator:
 
     # -- authenticatorReset, authenticatorSelection ------------------------------------------
     def reset(self, request: Request) -> None:
-        """authenticatorReset: within 10 s of power-up and with user presence; wipes the PIN,
+        """authenticatorReset: within the profile's reset window after power-up (CTAP 2.1 §6.6:
+        10 s; YubiKeys 5 s) and with user presence; wipes the PIN,
         every credential and every authenticatorConfig setting."""
-        if time.monotonic() - self.powered_up > RESET_WINDOW_SECONDS:
+        if time.monotonic() - self.powered_up > self.profile.reset_window:
             raise CtapError(ERR.NOT_ALLOWED)
         request.user_presence()
         s = self.state
@@ -311,6 +322,7 @@ class VirtualAuthenticator:
             min_pin_length=self.profile.min_pin_length,
         )
         self.pin_uv = PinUvAuth()
+        self.large_blobs_command.forget_write()
         self.save()
 
     def selection(self, request: Request) -> None:
@@ -327,6 +339,7 @@ class VirtualAuthenticator:
             self.credential_commands.forget_assertions()
             self.credman_command.forget_enumeration()
             self.u2f_commands.forget_presence()
+            self.large_blobs_command.forget_write()
             self.powered_up = time.monotonic()
 
     def wink(self) -> None:

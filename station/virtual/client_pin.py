@@ -6,11 +6,22 @@ State rules followed:
   CTAP2_ERR_PIN_BLOCKED for good (until authenticatorReset).
 - 3 consecutive wrong PINs since power-up give CTAP2_ERR_PIN_AUTH_BLOCKED until a power cycle.
 - A wrong PIN regenerates the key agreement key; so does every power-up.
+- getPINRetries on a key without a PIN answers CTAP2_ERR_PIN_NOT_SET, as YubiKeys do (Yubico's
+  own device suite, python-fido2 tests/device/test_clientpin.py::test_set_and_reset, asserts it
+  right after a factory reset).
 - With forcePINChange set, getPinToken / getPinUvAuthTokenUsingPinWithPermissions answer
-  CTAP2_ERR_PIN_POLICY_VIOLATION (after checking the PIN) until changePIN succeeds; changePIN
+  CTAP2_ERR_PIN_INVALID after the PIN checked out (CTAP 2.1 §6.5.5.7.2 step "If the
+  authenticator's forcePINChange is true, return CTAP2_ERR_PIN_INVALID"; python-fido2's
+  test_config.py::test_force_pin_change and OpenSK agree) until changePIN succeeds. changePIN
   to a PIN shorter than minPINLength, or (while forcePINChange) equal to the current PIN, gives
   CTAP2_ERR_PIN_POLICY_VIOLATION.
+- setPIN on a key that has a PIN answers CTAP2_ERR_NOT_ALLOWED (CTAP 2.1 §6.5.5.5; what SoloKeys'
+  and pico-fido's suites expect of real keys; see station/data/SOURCES.md).
 - Obtaining a token replaces the previous one (resetPinUvAuthToken); changePIN invalidates it.
+- A profile with Yubico's PIN complexity on refuses trivial new PINs (`trivial_pin`) with
+  CTAP2_ERR_PIN_POLICY_VIOLATION, on setPIN and changePIN alike.
+- Token timers (§6.5.2.1): a token not used within the initial usage time limit (30 s, the USB
+  figure) stops being usable; a used one lasts at most the max usage time period (10 minutes).
 """
 
 from __future__ import annotations
@@ -36,8 +47,11 @@ if TYPE_CHECKING:
 ERR = CtapError.ERR
 PERMISSION = ClientPin.PERMISSION
 CONSECUTIVE_FAILURES_MAX = 3
-#: pinUvAuthToken maximum usage period (CTAP 2.1 suggests 10 minutes).
+#: pinUvAuthToken maximum usage time period (CTAP 2.1 §6.5.2.1: 10 minutes).
 TOKEN_MAX_USAGE_SECONDS = 600.0
+#: pinUvAuthToken initial usage time limit (CTAP 2.1 §6.5.2.1: 30 s on USB; our keys use it on
+#: every transport, as the stricter choice).
+TOKEN_INITIAL_USAGE_SECONDS = 30.0
 PROTOCOLS: dict[int, type[PinProtocol]] = {1: PinProtocolV1, 2: PinProtocolV2}
 
 
@@ -70,9 +84,13 @@ class PinUvAuthToken:
     rp_id: str | None
     issued: float
     user_verified: bool = True
+    in_use: bool = False  # used at least once (the initial usage time limit no longer applies)
 
     def expired(self) -> bool:
-        return time.monotonic() - self.issued > TOKEN_MAX_USAGE_SECONDS
+        age = time.monotonic() - self.issued
+        if not self.in_use and age > TOKEN_INITIAL_USAGE_SECONDS:
+            return True
+        return age > TOKEN_MAX_USAGE_SECONDS
 
     def clear_permissions_except_lbw(self) -> None:
         self.permissions &= PERMISSION.LARGE_BLOB_WRITE
@@ -115,23 +133,28 @@ class PinUvAuth:
         return self.token.token
 
     def check_token(
-        self, protocol: int, message: bytes, param: bytes, permission: int, rp_id: str | None
+        self, protocol: int, message: bytes, param: bytes, permission: int, rp_id: str | None,
+        *, bind_rp: bool = True,
     ) -> PinUvAuthToken:
         """Verify pinUvAuthParam over `message` with the current token, which must hold
         `permission` and, if bound to a permissions RP ID, be bound to `rp_id`
-        (rp_id None: the token must not be bound). Binds an unbound token for mc/ga."""
+        (rp_id None: the token must not be bound). Binds an unbound token for mc/ga.
+        bind_rp=False: the permission ignores the RP ID (lbw, acfg per §6.5.5.7)."""
         token = self.token
-        if token is None or token.expired() or not verify(protocol, token.token, message, param):
+        if token is not None and token.expired():
+            self.token = token = None  # stopUsingPinUvAuthToken
+        if token is None or not verify(protocol, token.token, message, param):
             raise CtapError(ERR.PIN_AUTH_INVALID)
         if not token.permissions & permission:
             raise CtapError(ERR.PIN_AUTH_INVALID)
-        if token.rp_id is not None and token.rp_id != rp_id:
+        if bind_rp and token.rp_id is not None and token.rp_id != rp_id:
             raise CtapError(ERR.PIN_AUTH_INVALID)
         if token.rp_id is None and rp_id is not None and permission in (
             PERMISSION.MAKE_CREDENTIAL,
             PERMISSION.GET_ASSERTION,
         ):
             token.rp_id = rp_id
+        token.in_use = True
         return token
 
 
@@ -193,7 +216,9 @@ class ClientPinCommand:
 
     # -- subcommands ----------------------------------------------------------------------
     def get_pin_retries(self, params: dict) -> dict[int, Any]:
-        """getPINRetries: pinRetries, and powerCycleState (2.1)."""
+        """getPINRetries: pinRetries, and powerCycleState (2.1); PIN_NOT_SET without a PIN."""
+        if not self.key.state.pin_set:
+            raise CtapError(ERR.PIN_NOT_SET)
         result: dict[int, Any] = {ClientPin.RESULT.PIN_RETRIES: self.key.state.pin_retries}
         if self.key.profile.ctap21:
             result[ClientPin.RESULT.POWER_CYCLE_STATE] = (
@@ -268,6 +293,8 @@ class ClientPinCommand:
             supported |= PERMISSION.CREDENTIAL_MGMT
         if "authnrCfg" in self.key.profile.options:
             supported |= PERMISSION.AUTHENTICATOR_CFG
+        if self.key.profile.max_large_blob:
+            supported |= PERMISSION.LARGE_BLOB_WRITE
         return supported
 
     def _token_using_pin(self, params: dict, permissions: int, rp_id: str | None) -> dict[int, Any]:
@@ -278,7 +305,7 @@ class ClientPinCommand:
         shared = self.uv.decapsulate(protocol, params[P.KEY_AGREEMENT])
         self._verify_pin_hash(protocol, shared, params[P.PIN_HASH_ENC])
         if self.key.state.force_pin_change:
-            raise CtapError(ERR.PIN_POLICY_VIOLATION)
+            raise CtapError(ERR.PIN_INVALID)
         token = self.uv.issue_token(permissions, rp_id)
         return {ClientPin.RESULT.PIN_UV_TOKEN: PROTOCOLS[protocol]().encrypt(shared, token)}
 
@@ -324,4 +351,24 @@ class ClientPinCommand:
             raise CtapError(ERR.PIN_POLICY_VIOLATION) from None
         if length < self.key.state.min_pin_length or len(pin) > 63:
             raise CtapError(ERR.PIN_POLICY_VIOLATION)
+        if self.key.profile.pin_complexity and trivial_pin(pin.decode("utf-8")):
+            raise CtapError(ERR.PIN_POLICY_VIOLATION)
         return pin
+
+
+#: PINs Yubico names as refused under PIN complexity (docs.yubico.com/yesdk, "PIN complexity
+#: policy": 11111111, password, 12345678; issue 11 cites 123123). The full blocklist is in the
+#: YubiKey Technical Manual, which we could not read: these are the published examples only.
+PIN_BLOCKLIST = frozenset({"11111111", "password", "12345678", "123123"})
+
+
+def trivial_pin(pin: str) -> bool:
+    """Yubico's PIN complexity policy (firmware 5.7+, when enabled): a blocklisted PIN, one
+    character repeated (the policy's "11111111" example, generalised: ASSUMED), or a run of
+    consecutive ascending or descending digits ("12345678", generalised: ASSUMED)."""
+    if pin.lower() in PIN_BLOCKLIST or len(set(pin)) == 1:
+        return True
+    if pin.isdigit() and len(pin) > 1:
+        steps = {int(b) - int(a) for a, b in zip(pin, pin[1:])}
+        return steps in ({1}, {-1})
+    return False

@@ -65,7 +65,9 @@ class ConfigCommand:
         message = b"\xff" * 32 + b"\x0d" + struct.pack("<B", sub)
         if sub_params is not None:
             message += cbor.encode(sub_params)
-        self.key.pin_uv.check_token(protocol, message, param, ClientPin.PERMISSION.AUTHENTICATOR_CFG, None)
+        self.key.pin_uv.check_token(
+            protocol, message, param, ClientPin.PERMISSION.AUTHENTICATOR_CFG, None, bind_rp=False
+        )
 
     def enable_enterprise_attestation(self, params: dict[Any, Any]) -> None:
         """enableEnterpriseAttestation: turns the ep option on (a no-op if already on)."""

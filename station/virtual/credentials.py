@@ -1,9 +1,11 @@
 """authenticatorMakeCredential, authenticatorGetAssertion and authenticatorGetNextAssertion
-(CTAP 2.1 §6.1-6.3), with the credProtect, hmac-secret and minPinLength extensions.
+(CTAP 2.1 §6.1-6.3), with the credProtect, hmac-secret, minPinLength, credBlob and
+largeBlobKey extensions (§12.1-12.5).
 
 Credential IDs are wrapped: AES-256-GCM under the key's credential key, the rpIdHash as
-associated data, holding the credential private key (ES256 or EdDSA), its credProtect level,
-whether hmac-secret was requested and whether it is discoverable. Discoverable credentials are
+associated data, holding the credential private key (ES256, EdDSA or ES384), its credProtect
+level, whether hmac-secret was requested, whether it is discoverable, its credBlob and whether
+it has a largeBlobKey. Discoverable credentials are
 also listed in the state (RP, user, creation order). The signature counter is global.
 """
 
@@ -21,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fido2 import cbor
-from fido2.cose import ES256, EdDSA
+from fido2.cose import ES256, ES384, EdDSA
 from fido2.ctap import CtapError
 from fido2.ctap2.pin import ClientPin
 from fido2.utils import websafe_decode, websafe_encode
@@ -88,23 +90,33 @@ class Credential:
     cred_protect: int
     hmac_secret: bool
     discoverable: bool
+    cred_blob: bytes | None = None
+    has_large_blob_key: bool = False
 
     def signing_key(self) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
         if self.alg == EdDSA.ALGORITHM:
             return ed25519.Ed25519PrivateKey.from_private_bytes(self.private)
-        return ec.derive_private_key(int.from_bytes(self.private, "big"), ec.SECP256R1())
+        curve = ec.SECP384R1() if self.alg == ES384.ALGORITHM else ec.SECP256R1()
+        return ec.derive_private_key(int.from_bytes(self.private, "big"), curve)
 
     def public_key(self) -> dict:
         """credentialPublicKey as a COSE_Key."""
         pub = self.signing_key().public_key()
-        cose = EdDSA if self.alg == EdDSA.ALGORITHM else ES256
+        cose = {EdDSA.ALGORITHM: EdDSA, ES384.ALGORITHM: ES384}.get(self.alg, ES256)
         return dict(cose.from_cryptography_key(pub))
 
     def sign(self, message: bytes) -> bytes:
         key = self.signing_key()
         if isinstance(key, ed25519.Ed25519PrivateKey):
             return key.sign(message)
-        return key.sign(message, ec.ECDSA(hashes.SHA256()))
+        digest = hashes.SHA384() if self.alg == ES384.ALGORITHM else hashes.SHA256()
+        return key.sign(message, ec.ECDSA(digest))
+
+    def large_blob_key(self, wrapping_key: bytes) -> bytes | None:
+        """The credential's 32-byte largeBlobKey (derived per credential), if it has one."""
+        if not self.has_large_blob_key:
+            return None
+        return hmac.new(wrapping_key, b"largeBlobKey" + self.private, sha256).digest()
 
     def cred_random(self, wrapping_key: bytes, uv: bool) -> bytes:
         """hmac-secret CredRandomWithUV / CredRandomWithoutUV, derived per credential."""
@@ -117,6 +129,8 @@ def new_credential(alg: int, rp_id_hash: bytes, cred_protect: int, hmac_secret: 
         private = ed25519.Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
+    elif alg == ES384.ALGORITHM:
+        private = ec.generate_private_key(ec.SECP384R1()).private_numbers().private_value.to_bytes(48, "big")
     else:
         private = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big")
     return Credential(b"", rp_id_hash, alg, private, cred_protect, hmac_secret, rk)
@@ -125,9 +139,14 @@ def new_credential(alg: int, rp_id_hash: bytes, cred_protect: int, hmac_secret: 
 def wrap(wrapping_key: bytes, cred: Credential) -> bytes:
     """The credential ID: version || nonce || AES-GCM(payload, aad=rpIdHash)."""
     nonce = os.urandom(12)
-    payload = cbor.encode(
-        {1: cred.alg, 2: cred.private, 3: cred.cred_protect, 4: cred.hmac_secret, 5: cred.discoverable}
-    )
+    fields: dict[int, Any] = {
+        1: cred.alg, 2: cred.private, 3: cred.cred_protect, 4: cred.hmac_secret, 5: cred.discoverable
+    }
+    if cred.cred_blob is not None:
+        fields[6] = cred.cred_blob
+    if cred.has_large_blob_key:
+        fields[7] = True
+    payload = cbor.encode(fields)
     return CREDENTIAL_ID_VERSION + nonce + AESGCM(wrapping_key).encrypt(nonce, payload, cred.rp_id_hash)
 
 
@@ -142,7 +161,7 @@ def unwrap(wrapping_key: bytes, rp_id_hash: bytes, credential_id: Any) -> Creden
     except InvalidTag:
         return None
     p = cbor.decode(payload)
-    return Credential(credential_id, rp_id_hash, p[1], p[2], p[3], p[4], p[5])
+    return Credential(credential_id, rp_id_hash, p[1], p[2], p[3], p[4], p[5], p.get(6), p.get(7, False))
 
 
 @dataclass
@@ -156,6 +175,8 @@ class PendingAssertions:
     flags: FLAG
     hmac_request: tuple[int, bytes, list[bytes]] | None
     started: float
+    get_cred_blob: bool = False
+    large_blob_key: bool = False
 
 
 def _require_map(value: Any) -> dict:
@@ -275,12 +296,18 @@ class CredentialCommands:
         if cred_protect not in (1, 2, 3) or "credProtect" not in profile.extensions:
             cred_protect = None
         hmac_secret = extensions.get("hmac-secret") is True and "hmac-secret" in profile.extensions
+        cred_blob, cred_blob_stored = self._cred_blob_input(extensions)
+        large_blob_key = self._large_blob_key_input(extensions, rk)
+        request.user_presence()
+        # §6.1.2: the storage check comes after the test of user presence (a full key still
+        # blinks and waits for the touch before answering KEY_STORE_FULL).
         if rk and self.key.remaining_discoverable() <= 0 and not self._replaces(rp_id, user["id"]):
             raise CtapError(ERR.KEY_STORE_FULL)
-        request.user_presence()
         self._clear_token_after_use()
 
         cred = new_credential(alg, rp_id_hash, cred_protect or CredProtect.UV_OPTIONAL, hmac_secret, rk)
+        cred.cred_blob = cred_blob if cred_blob_stored else None
+        cred.has_large_blob_key = large_blob_key
         cred.credential_id = wrap(self.wrapping_key, cred)
         if rk:
             self._store(cred, rp, user)
@@ -289,6 +316,8 @@ class CredentialCommands:
             ext_out["credProtect"] = cred_protect
         if hmac_secret:
             ext_out["hmac-secret"] = True
+        if cred_blob is not None:
+            ext_out["credBlob"] = cred_blob_stored
         if extensions.get("minPinLength") is True and "minPinLength" in profile.extensions:
             if rp_id in state.min_pin_length_rpids:
                 ext_out["minPinLength"] = state.min_pin_length
@@ -308,7 +337,27 @@ class CredentialCommands:
         response: dict[int, Any] = {1: "packed", 2: bytes(auth_data), 3: statement}
         if enterprise:
             response[4] = True
+        if large_blob_key:
+            response[5] = cred.large_blob_key(self.wrapping_key)
         return response
+
+    def _cred_blob_input(self, extensions: dict) -> tuple[bytes | None, bool]:
+        """credBlob (§12.2): (the blob, whether it is stored: not if longer than
+        maxCredBlobLength); (None, False) if absent."""
+        if "credBlob" not in extensions or "credBlob" not in self.key.profile.extensions:
+            return None, False
+        blob = extensions["credBlob"]
+        if not isinstance(blob, bytes):
+            raise CtapError(ERR.CBOR_UNEXPECTED_TYPE)
+        return blob, len(blob) <= self.key.profile.max_cred_blob_length
+
+    def _large_blob_key_input(self, extensions: dict, rk: bool) -> bool:
+        """largeBlobKey (§12.3): only `true`, only for a discoverable credential."""
+        if "largeBlobKey" not in extensions or "largeBlobKey" not in self.key.profile.extensions:
+            return False
+        if extensions["largeBlobKey"] is not True or not rk:
+            raise CtapError(ERR.INVALID_OPTION)
+        return True
 
     def _choose_algorithm(self, params: list) -> int:
         """The first pubKeyCredParams entry of type public-key with an algorithm we have."""
@@ -398,13 +447,20 @@ class CredentialCommands:
         creds, users = self._locate(rp_id, rp_id_hash, allow, uv)
         if not creds:
             raise CtapError(ERR.NO_CREDENTIALS)
-        hmac_request = self._hmac_secret_request(_require_map(p.get(GA.EXTENSIONS, {})))
+        extensions = _require_map(p.get(GA.EXTENSIONS, {}))
+        hmac_request = self._hmac_secret_request(extensions)
+        supported = self.key.profile.extensions
+        get_cred_blob = extensions.get("credBlob") is True and "credBlob" in supported  # §12.2: input true
+        large_blob_key = "largeBlobKey" in extensions and "largeBlobKey" in supported
+        if large_blob_key and extensions["largeBlobKey"] is not True:
+            raise CtapError(ERR.INVALID_OPTION)
         if up:
             request.user_presence()
             self._clear_token_after_use()
         flags = (FLAG.UP if up else 0) | (FLAG.UV if uv else 0)
         pending = PendingAssertions(
-            rp_id_hash, client_data_hash, creds, users, FLAG(flags), hmac_request, time.monotonic()
+            rp_id_hash, client_data_hash, creds, users, FLAG(flags), hmac_request, time.monotonic(),
+            get_cred_blob, large_blob_key,
         )
         total = len(creds)
         response = self._assertion(pending, with_user=not allow, uv=uv)
@@ -481,6 +537,8 @@ class CredentialCommands:
             cred_random = cred.cred_random(self.wrapping_key, uv)
             output = b"".join(hmac.new(cred_random, salt, sha256).digest() for salt in salts)
             ext_out["hmac-secret"] = PROTOCOLS[protocol]().encrypt(shared, output)
+        if pending.get_cred_blob:
+            ext_out["credBlob"] = cred.cred_blob or b""
         flags = pending.flags | (FLAG.ED if ext_out else 0)
         auth_data = AuthenticatorData.create(
             pending.rp_id_hash, FLAG(flags), self.next_counter(), b"", ext_out or None
@@ -494,4 +552,6 @@ class CredentialCommands:
         user = pending.users.get(cred.credential_id)
         if user is not None and cred.discoverable:
             response[4] = user if (uv and with_user) else {"id": user["id"]}
+        if pending.large_blob_key and cred.has_large_blob_key:
+            response[7] = cred.large_blob_key(self.wrapping_key)
         return response

@@ -178,12 +178,16 @@ class CredentialManagementCommand:
         )
         if cred is None:  # a stored credential always unwraps under its own key
             raise CtapError(ERR.OTHER)
-        return {
+        result = {
             RESULT.USER: stored.user_entity(),
             RESULT.CREDENTIAL_ID: {"type": "public-key", "id": stored.id_bytes},
             RESULT.PUBLIC_KEY: cred.public_key(),
             RESULT.CRED_PROTECT: cred.cred_protect,
         }
+        large_blob_key = cred.large_blob_key(websafe_decode(self.key.state.credential_key))
+        if large_blob_key is not None:  # §6.8.3: largeBlobKey of a credential that has one
+            result[RESULT.LARGE_BLOB_KEY] = large_blob_key
+        return result
 
 
 def _unbound(bound_rp: str | None) -> None:

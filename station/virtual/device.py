@@ -37,7 +37,8 @@ class VirtualCtapDevice(CtapDevice):
     @property
     def capabilities(self) -> int:
         nmsg = CAPABILITY(0) if self.authenticator.profile.u2f else CAPABILITY.NMSG
-        return CAPABILITY.CBOR | CAPABILITY.WINK | nmsg
+        cbor = CAPABILITY.CBOR if self.authenticator.profile.ctap2 else CAPABILITY(0)  # CTAP1-only key
+        return cbor | CAPABILITY.WINK | nmsg
 
     def call(
         self,
@@ -47,10 +48,10 @@ class VirtualCtapDevice(CtapDevice):
         on_keepalive: Callable[[STATUS], None] | None = None,
     ) -> bytes:
         """CTAPHID_CBOR → process(); MSG (U2F profiles) → process_u2f(); WINK → wink();
-        READ_CONFIG (YubiKey) → management_config(); anything else CtapError INVALID_COMMAND.
-        Under a fault plan (station.virtual.faults) a pulled key raises OSError(EIO) and a
-        wedged one blocks until the device is closed."""
-        if cmd == CTAPHID.CBOR:
+        READ_CONFIG (YubiKey) → management_config(); anything else CtapError INVALID_COMMAND
+        (CBOR too on a CTAP1-only key). Under a fault plan (station.virtual.faults) a pulled key
+        raises OSError(EIO) and a wedged one blocks until the device is closed."""
+        if cmd == CTAPHID.CBOR and self.authenticator.profile.ctap2:
             return self._run(self.authenticator.process, data, False, event, on_keepalive)
         if cmd == CTAPHID.MSG and self.authenticator.profile.u2f:
             return self._run(self.authenticator.process_u2f, data, True, event, on_keepalive)

@@ -150,9 +150,10 @@ class VirtualHidDevice:
 
     @property
     def capabilities(self) -> CAPABILITY:
-        """WINK and CBOR; NMSG unless the profile speaks CTAP1/U2F."""
+        """WINK; CBOR unless the profile is CTAP1-only; NMSG unless it speaks CTAP1/U2F."""
         nmsg = CAPABILITY(0) if self._authenticator.profile.u2f else CAPABILITY.NMSG
-        return CAPABILITY.WINK | CAPABILITY.CBOR | nmsg
+        cbor = CAPABILITY.CBOR if self._authenticator.profile.ctap2 else CAPABILITY(0)
+        return CAPABILITY.WINK | cbor | nmsg
 
     # -- host → device -----------------------------------------------------------------------
     def receive(self, packet: bytes) -> None:
@@ -264,13 +265,13 @@ class VirtualHidDevice:
             self._send(cid, CTAPHID.PING, payload)
         elif cmd == CTAPHID.WINK:
             self._wink(cid, payload)
-        elif cmd == CTAPHID.CBOR:
+        elif cmd == CTAPHID.CBOR and self._authenticator.profile.ctap2:
             self._cbor(cid, payload)
         elif cmd == CTAPHID.MSG and self._authenticator.profile.u2f:
             self._start(cid, cmd, payload)
         elif cmd == self.VENDOR.READ_CONFIG and self._speaks_yubikit:
             self._read_config(cid, payload)
-        else:  # MSG without U2F, LOCK (not offered) and anything unknown
+        else:  # MSG without U2F, CBOR on a CTAP1-only key, LOCK (not offered), anything unknown
             self._error(cid, CtapError.ERR.INVALID_COMMAND)
 
     def _wink(self, cid: int, payload: bytes) -> None:

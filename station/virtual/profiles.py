@@ -4,23 +4,26 @@ Each `Profile` is what a real key of that model reports in authenticatorGetInfo,
 station reads its serial number and firmware version (yubikit's management interface for a
 YubiKey, GlobalPlatform CPLC for a Crescendo).
 
-Sources and assumptions:
+Sources and assumptions (each field's public source: station/data/SOURCES.md):
 - AAGUIDs are copied from station/data/aaguids.json (public FIDO metadata via yubi.co/aaguids and
-  Microsoft's FIDO2 hardware vendor table).
-- YubiKey 5 NFC 5.7 / 5.4 getInfo (versions, options, maxMsgSize 1280/1200, 8 credentials in a
-  list, credential ID up to 128 bytes, 100/25 discoverable credentials, PIN protocols [2, 1] /
-  [1], ES256 + EdDSA) follows what `ykman fido info` shows on those firmwares as far as public
-  reports go. largeBlobs / credBlob / largeBlobKey, which 5.7 also offers, are NOT advertised
-  because this authenticator does not implement them.
+  Microsoft's FIDO2 hardware vendor table); a CTAP1-only key has none (all zero).
+- YubiKey 5 NFC 5.7.1: the real key's getInfo (issue 11): FIDO_2_1, largeBlobs (4096 bytes),
+  credBlob (32), largeBlobKey, minPinLength, ES256 + EdDSA + ES384, maxMsgSize 1280, PIN
+  protocols [2, 1], 100 discoverable credentials; no `ep` (retail keys have no enterprise
+  attestation). The PIN-complexity profile is the same key ordered with Yubico's PIN
+  complexity on. 5.4.3: FIDO_2_1_PRE, credentialMgmtPreview, maxMsgSize 1200, PIN protocols
+  [2, 1], 25 discoverable credentials. YubiKeys refuse reset 5 s after power-up.
 - CTAP1/U2F ("U2F_V2" in versions, property `u2f`): the YubiKey 5 series has it; HID documents
   FIDO U2F for the Crescendo Key series (docs.hidglobal.com/crescendo/key-series/fidou2f.htm,
   USB and contactless). The Crescendo 4000's public FIDO metadata (AAGUID aa79f476-...) is
   protocolFamily fido2 with upv 1.0 / 1.1 only and no HID document mentions U2F for it, so that
-  profile has none.
-- Crescendo 4000 and Crescendo Key: no public getInfo dump was found. ASSUMED: FIDO_2_0 +
-  FIDO_2_1 with authenticatorConfig, PIN protocols [2, 1], ES256 only, 25 discoverable
-  credentials, firmware 1.0.0 (Crescendo 4000) / 2.0.0 (Crescendo Key), Crescendo Key USB product
-  id 0x0028 under HID Global's vendor id 0x09C3, and a generic PC/SC part 3 contactless ATR.
+  profile has none. yubico-u2f-security-key is CTAP1 only (ASSUMED: firmware 4.1.8, USB pid
+  0x0120).
+- Crescendo 4000 and Crescendo Key: no public getInfo dump and no published ATR was found.
+  ASSUMED: FIDO_2_0 + FIDO_2_1 with authenticatorConfig, PIN protocols [2, 1], ES256 only, 25
+  discoverable credentials, firmware 1.0.0 (Crescendo 4000) / 2.0.0 (Crescendo Key), Crescendo
+  Key USB product id 0x0028 under HID Global's vendor id 0x09C3, and a generic PC/SC part 3
+  contactless ATR; CTAP 2.1's 10 s reset window.
 - The YubiKey ATR is the contactless one a YubiKey 5 NFC presents to a PC/SC reader.
 """
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from fido2.cose import ES256, EdDSA
+from fido2.cose import ES256, ES384, EdDSA
 
 #: Options every profile reports (when present in `Profile.options`) with a fixed value.
 STATIC_OPTIONS = (
@@ -41,6 +44,7 @@ STATIC_OPTIONS = (
     "authnrCfg",
     "setMinPINLength",
     "pinUvAuthToken",
+    "largeBlobs",
 )
 
 
@@ -89,11 +93,24 @@ class Profile:
     max_rpids_for_min_pin: int = 1
     enterprise_attestation: bool = False  # "ep" option present (authenticatorConfig enables it)
     form_factor: int = 1  # yubikit FORM_FACTOR.USB_A_KEYCHAIN
+    #: authenticatorReset is refused this long after power-up (CTAP 2.1 §6.6 says 10 s).
+    reset_window: float = 10.0
+    #: maxSerializedLargeBlobArray (0: no authenticatorLargeBlobs, no largeBlobs option).
+    max_large_blob: int = 0
+    #: maxCredBlobLength (meaningful only with the credBlob extension).
+    max_cred_blob_length: int = 0
+    #: Yubico's PIN complexity policy (refuses trivial PINs with PIN_POLICY_VIOLATION).
+    pin_complexity: bool = False
 
     @property
     def force_pin_change(self) -> bool:
         """Whether setMinPINLength with forceChangePin is available (needs authnrCfg)."""
         return "authnrCfg" in self.options and "setMinPINLength" in self.options
+
+    @property
+    def ctap2(self) -> bool:
+        """Any FIDO_2_x version: a U2F-only key answers no CTAP2 command at all."""
+        return any(v.startswith("FIDO_2") for v in self.versions)
 
     @property
     def u2f(self) -> bool:
@@ -118,6 +135,12 @@ def _aaguid(text: str) -> bytes:
 
 _YUBICO_ATR = contactless_atr(bytes.fromhex("8073C021C057597562694B6579"))
 _GENERIC_ATR = contactless_atr(b"")
+#: ASSUMED (no public ATR found for either HID card): the generic PC/SC part 3 contactless ATR.
+_CRESCENDO_4000_ATR = _GENERIC_ATR
+_CRESCENDO_KEY_ATR = _GENERIC_ATR
+#: YubiKeys refuse authenticatorReset more than 5 s after power-up (ykman's `fido reset` help,
+#: libfido2's fido_dev_reset(3)); CTAP 2.1 §6.6 allows up to 10 s.
+YUBIKEY_RESET_WINDOW = 5.0
 
 #: What both Crescendo profiles assume of CTAP 2.1 (no public getInfo dump of either: assumed).
 _CRESCENDO_CTAP21 = dict(
@@ -126,31 +149,36 @@ _CRESCENDO_CTAP21 = dict(
     algorithms=(ES256.ALGORITHM,),
 )
 
+_YUBIKEY_57 = dict(
+    vendor="Yubico",
+    model="YubiKey 5 NFC",
+    aaguid=_aaguid("a25342c0-3cdc-4414-8e46-f4807fca511c"),
+    firmware=(5, 7, 1),
+    versions=("U2F_V2", "FIDO_2_0", "FIDO_2_1_PRE", "FIDO_2_1"),
+    options=frozenset(
+        {"rk", "up", "plat", "credMgmt", "credentialMgmtPreview", "authnrCfg", "largeBlobs",
+         "setMinPINLength", "pinUvAuthToken"}
+    ),
+    extensions=("credProtect", "hmac-secret", "largeBlobKey", "credBlob", "minPinLength"),
+    algorithms=(ES256.ALGORITHM, EdDSA.ALGORITHM, ES384.ALGORITHM),
+    transports=("nfc", "usb"),
+    usb=UsbIdentity(0x1050, 0x0407, "YubiKey OTP+FIDO+CCID"),
+    pcsc=True,
+    atr=_YUBICO_ATR,
+    serial_source="yubikit",
+    max_discoverable=100,
+    max_msg_size=1280,
+    reset_window=YUBIKEY_RESET_WINDOW,
+    max_large_blob=4096,
+    max_cred_blob_length=32,
+)
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile(
-            name="yubikey-5-nfc-5.7",
-            vendor="Yubico",
-            model="YubiKey 5 NFC",
-            aaguid=_aaguid("a25342c0-3cdc-4414-8e46-f4807fca511c"),
-            firmware=(5, 7, 1),
-            versions=("U2F_V2", "FIDO_2_0", "FIDO_2_1_PRE", "FIDO_2_1"),
-            options=frozenset(
-                {"rk", "up", "plat", "credMgmt", "credentialMgmtPreview", "authnrCfg",
-                 "setMinPINLength", "pinUvAuthToken"}
-            ),
-            extensions=("credProtect", "hmac-secret", "minPinLength"),
-            algorithms=(ES256.ALGORITHM, EdDSA.ALGORITHM),
-            transports=("nfc", "usb"),
-            usb=UsbIdentity(0x1050, 0x0407, "YubiKey OTP+FIDO+CCID"),
-            pcsc=True,
-            atr=_YUBICO_ATR,
-            serial_source="yubikit",
-            max_discoverable=100,
-            max_msg_size=1280,
-            enterprise_attestation=True,
-        ),
+        Profile(name="yubikey-5-nfc-5.7", **_YUBIKEY_57),
+        # The same key ordered with PIN complexity on (Yubico's 5.7 pre-configuration option).
+        Profile(name="yubikey-5-nfc-5.7-pin-complexity", **_YUBIKEY_57, pin_complexity=True),
         Profile(
             name="yubikey-5-nfc-5.4",
             vendor="Yubico",
@@ -166,9 +194,28 @@ PROFILES: dict[str, Profile] = {
             pcsc=True,
             atr=_YUBICO_ATR,
             serial_source="yubikit",
-            pin_uv_protocols=(1,),
+            pin_uv_protocols=(2, 1),
             max_discoverable=25,
             max_msg_size=1200,
+            reset_window=YUBIKEY_RESET_WINDOW,
+        ),
+        # An old CTAP1-only key: Yubico's blue "FIDO U2F Security Key" (USB only, no CTAP2).
+        Profile(
+            name="yubico-u2f-security-key",
+            vendor="Yubico",
+            model="FIDO U2F Security Key",
+            aaguid=bytes(16),  # U2F keys have no AAGUID
+            firmware=(4, 1, 8),
+            versions=("U2F_V2",),
+            options=frozenset(),
+            extensions=(),
+            algorithms=(ES256.ALGORITHM,),
+            transports=("usb",),
+            usb=UsbIdentity(0x1050, 0x0120, "Security Key by Yubico"),
+            pcsc=False,
+            atr=_GENERIC_ATR,
+            serial_source=None,
+            reset_window=YUBIKEY_RESET_WINDOW,
         ),
         Profile(
             name="crescendo-4000",
@@ -181,7 +228,7 @@ PROFILES: dict[str, Profile] = {
             transports=("nfc",),
             usb=None,
             pcsc=True,
-            atr=_GENERIC_ATR,
+            atr=_CRESCENDO_4000_ATR,
             serial_source="cplc",
             form_factor=0,
         ),
@@ -196,7 +243,7 @@ PROFILES: dict[str, Profile] = {
             transports=("usb",),
             usb=UsbIdentity(0x09C3, 0x0028, "HID Crescendo Key"),
             pcsc=True,
-            atr=_GENERIC_ATR,
+            atr=_CRESCENDO_KEY_ATR,
             serial_source="cplc",
         ),
     )

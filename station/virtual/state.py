@@ -26,6 +26,8 @@ from .errors import KeyBusy, VirtualError
 
 STATE_VERSION = 1
 PIN_RETRIES_MAX = 8
+#: The serialized empty large-blob array (CTAP 2.1 §6.10.2): CBOR [] and LEFT(SHA-256(h'80'), 16).
+EMPTY_LARGE_BLOB_ARRAY = b"\x80" + sha256(b"\x80").digest()[:16]
 
 
 @dataclass
@@ -73,7 +75,18 @@ class KeyState:
     sign_count: int = 0
     created_count: int = 0
     credentials: list[StoredCredential] = field(default_factory=list)
+    large_blob: str | None = None  # b64u serialized large-blob array; None = the empty array
     version: int = STATE_VERSION
+
+    # -- authenticatorLargeBlobs ----------------------------------------------------------------
+    def large_blob_array(self) -> bytes:
+        """The serialized large-blob array (CBOR array || 16-byte checksum)."""
+        if self.large_blob is None:
+            return EMPTY_LARGE_BLOB_ARRAY
+        return websafe_decode(self.large_blob)
+
+    def set_large_blob_array(self, serialized: bytes) -> None:
+        self.large_blob = websafe_encode(serialized)
 
     # -- the PIN, only ever as a keyed hash ----------------------------------------------------
     def _keyed(self, pin_hash: bytes) -> str:

@@ -132,3 +132,78 @@ def live_service(factory, tmp_path):
             yield (service.url, store.create_token(Role.CUSTOMER, "entra"), store.create_token(Role.STATION, "bench-1"))
     finally:
         store.close()
+
+
+# -- the identity providers: stand-ins on loopback and our clients of them -----------------------
+
+from dataclasses import dataclass  # noqa: E402
+from importlib import resources  # noqa: E402
+
+from station.customer.graph import GraphClient  # noqa: E402
+from station.customer.okta import OktaClient  # noqa: E402
+from station.customer.pingone import PingOneClient  # noqa: E402
+from station.customer.settings import GraphSettings, OktaSettings, PingOneSettings  # noqa: E402
+from station.standins import running  # noqa: E402
+
+
+def attestation_roots() -> list[bytes]:
+    """The vendors' roots and the TEST CA (the keys here are virtual)."""
+    data = resources.files("station") / "data"
+    return [*(p.read_bytes() for p in (data / "roots").iterdir() if p.name.endswith(".pem")),
+            (data / "testca" / "ca.pem").read_bytes()]
+
+
+class Waits(list):
+    """A sleep that only records: throttling tests do not wait for real."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@dataclass
+class Provider:
+    standin: object
+    url: str
+    client: object
+    sleeps: Waits
+    user_id: str
+    settings: object
+
+
+OKTA_DOMAIN = "acme.okta.com"
+PING_RP = "example.org"
+
+
+@pytest.fixture
+def okta():
+    with running("okta", org_domain=OKTA_DOMAIN, attestation_roots=attestation_roots()) as (standin, url):
+        user = standin.add_user("jdoe@acme.com", first_name="Jane", last_name="Doe")
+        settings = OktaSettings(url=url, api_token=standin.new_api_token(), rp_ids=[OKTA_DOMAIN])
+        sleeps = Waits()
+        with OktaClient(settings, sleep=sleeps) as client:
+            yield Provider(standin, url, client, sleeps, user.id, settings)
+
+
+@pytest.fixture
+def graph():
+    with running("graph", attestation_roots=attestation_roots()) as (standin, url):
+        user = standin.add_user("kim@contoso.com", "Kim Cook")
+        client_id, secret = standin.add_client()
+        settings = GraphSettings(url=url, login_url=url, tenant_id=standin.tenant_id, client_id=client_id,
+                                 client_secret=secret)
+        sleeps = Waits()
+        with GraphClient(settings, sleep=sleeps) as client:
+            yield Provider(standin, url, client, sleeps, user.id, settings)
+
+
+@pytest.fixture
+def pingone():
+    with running("pingone", attestation_roots=attestation_roots()) as (standin, url):
+        user = standin.add_user("lee@example.org")
+        policy = standin.add_policy(PING_RP)
+        client_id, secret = standin.add_client()
+        settings = PingOneSettings(url=url, auth_url=url, environment_id=standin.environment_id, client_id=client_id,
+                                   client_secret=secret, policy_id=policy.id, rp_id=PING_RP, rp_name="Example")
+        sleeps = Waits()
+        with PingOneClient(settings, sleep=sleeps) as client:
+            yield Provider(standin, url, client, sleeps, user.id, settings)

@@ -10,29 +10,51 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fido2.cose import ES256
 from fido2.webauthn import AttestedCredentialData
 
-from station.customer.okta import OktaTenant, OktaUser
+from fido2.utils import websafe_encode
+
+from station.customer.orders import seal_item
 from station.customer.signin import KeyRefused, SignInFailed, sign_in
-from station.customer.verify import MailedPin
+from station.customer.verify import MailedPin, StoredCredential, customer_verifier, open_item_responses, register_credential
 from station.virtual import open_virtual
 
-USER = OktaUser("00u9z8y7x6w5v4u3t2s1", "rroe@acme.com", "Richard Roe")
 DOMAIN = "acme.okta.com"
+USER = "00u9z8y7x6w5v4u3t2s1"
 NEW_PIN = MailedPin("736192")
+
+
+class _Tenant:
+    """A relying party kept in this process: the credentials it registered."""
+
+    origin = f"https://{DOMAIN}"
+
+    def __init__(self) -> None:
+        self.stored: list[StoredCredential] = []
+
+    def credentials(self, user):
+        return list(self.stored)
 
 
 @pytest.fixture
 def activated(factory):
-    """An Okta tenant with USER's key activated → (tenant, activation, open key)."""
-    tenant = OktaTenant(DOMAIN, factory.jwks("transport"), factory.jwks("signing"), trust_test_ca=True)
-    enrollment = tenant.enroll(USER)
-    body = enrollment.body
-    product, statefile = factory.program(body["pinRequestJwe"], [c["credRequestJwe"] for c in body["credRequests"]])
-    activation = tenant.activate(enrollment, product["fido_pin_response"], [
-        {"authenticatorEnrollmentId": enrollment.authenticator_enrollment_id, "credResponseJwe": jwe}
-        for jwe in product["fido_credential_responses"]
-    ])
+    """USER's key programmed by the factory and registered at a local relying party →
+    (tenant, opened responses, open key)."""
+    options = {"rp": {"id": DOMAIN, "name": DOMAIN}, "user": {"id": websafe_encode(USER.encode()), "name": "rroe",
+               "displayName": "Richard Roe"}, "challenge": websafe_encode(b"c" * 32),
+               "pubKeyCredParams": [{"type": "public-key", "alg": -7}],
+               "authenticatorSelection": {"residentKey": "required", "userVerification": "required"},
+               "attestation": "direct"}
+    sealed = seal_item(transport_jwks=factory.jwks("transport"), options=[options], min_pin_length=6)
+    product, statefile = factory.program(sealed.pin_request_jwe, sealed.credential_request_jwes)
+    opened = open_item_responses(sealed=sealed, pin_response_jwe=product["fido_pin_response"],
+                                 credential_response_jwes=product["fido_credential_responses"],
+                                 signing_jwks=factory.jwks("signing"))
+    registered = register_credential(opened.credentials[0], rp_id=DOMAIN, rp_name=DOMAIN,
+                                     challenge=options["challenge"], verifier=customer_verifier(trust_test_ca=True))
+    tenant = _Tenant()
+    tenant.stored.append(StoredCredential(registered.credential, USER.encode(), "rroe", registered.sign_count,
+                                          opened.aaguid))
     key = open_virtual(statefile)
-    yield tenant, activation, key
+    yield tenant, opened, key
     key.close()
 
 
@@ -110,3 +132,10 @@ def test_an_assertion_that_does_not_verify_is_refused(activated):
     )
     with pytest.raises(SignInFailed, match="Invalid signature"):
         run(tenant, key, pin=activation.pin, credentials=[forged])
+
+
+def test_an_unreachable_sign_in_page_is_a_sign_in_failure():
+    from station.customer.signin import ProviderSignIn
+
+    with pytest.raises(SignInFailed, match="cannot be reached"):
+        ProviderSignIn("http://127.0.0.1:9", "00u1").begin()

@@ -87,7 +87,8 @@ def test_the_pin_works_only_after_the_forced_change_and_credentials_are_discover
     assert ctap2.get_info().force_pin_change is True
     with pytest.raises(CtapError) as refused:
         client_pin.get_pin_token(pin.pin, ClientPin.PERMISSION.CREDENTIAL_MGMT)
-    assert refused.value.code == CtapError.ERR.PIN_POLICY_VIOLATION  # CTAP 2.1: until changePIN
+    assert refused.value.code == CtapError.ERR.PIN_INVALID  # CTAP 2.1 §6.5.5.7.2: until changePIN
+    assert ctap2.get_info().force_pin_change is True  # what tells it from a wrong PIN
     client_pin.change_pin(pin.pin, "73915284")
     assert ctap2.get_info().force_pin_change is False
     token = client_pin.get_pin_token("73915284", ClientPin.PERMISSION.CREDENTIAL_MGMT)
@@ -218,3 +219,21 @@ def test_a_key_nobody_touches_is_a_user_presence_timeout_and_needs_a_reset(tmp_p
         device.close()
     assert failed.value.code == "user_presence_timeout" and failed.value.key_touched
     assert touches  # the technician was asked to touch the key
+
+
+@pytest.mark.parametrize("transport", ["direct", "hid"])
+def test_a_u2f_only_key_is_unsupported_not_a_crash(make_key, transport):
+    """An old CTAP1-only key (no CBOR capability) is named as such before anything is written."""
+    with pytest.raises(StationError) as failed:
+        make_key("yubico-u2f-security-key", transport=transport)
+    assert failed.value.code == "device_unsupported" and not failed.value.key_touched
+    assert "U2F-only" in failed.value.message
+
+
+def test_a_key_with_pin_complexity_on_is_programmed(make_key, order, keystore, trust):
+    """The station's drawn PINs pass Yubico's PIN complexity (no repeats, no digit runs)."""
+    device = make_key("yubikey-5-nfc-5.7-pin-complexity")
+    sealed = order("okta", force_pin_change=True)
+    pin, _ = open_all(run_item(device, sealed, keystore, trust).product_data, sealed, keystore)
+    device.refresh()
+    assert device.pin_set and pin.force_pin_change is True

@@ -48,12 +48,17 @@ def test_force_pin_change_flow(key):
     info = key.ctap.get_info()
     assert info.force_pin_change is True and info.min_pin_length == 8
     cp = key.client_pin()
-    with pytest.raises(CtapError) as e:  # refused until changePIN
+    with pytest.raises(CtapError) as e:  # refused until changePIN (CTAP 2.1 §6.5.5.7.2: PIN_INVALID)
         cp.get_pin_token(PIN, PERM.MAKE_CREDENTIAL)
-    assert code(e) == ERR.PIN_POLICY_VIOLATION
+    assert code(e) == ERR.PIN_INVALID
+    assert cp.get_pin_retries()[0] == 8  # the PIN itself was right: no retry is lost
     with pytest.raises(CtapError) as e:  # legacy getPinToken too
         cp.get_pin_token(PIN)
-    assert code(e) == ERR.PIN_POLICY_VIOLATION
+    assert code(e) == ERR.PIN_INVALID
+    with pytest.raises(CtapError) as e:  # a wrong PIN still costs a retry
+        cp.get_pin_token("99999999", PERM.MAKE_CREDENTIAL)
+    assert code(e) == ERR.PIN_INVALID
+    assert cp.get_pin_retries()[0] == 7
     with pytest.raises(CtapError) as e:  # shorter than minPINLength
         cp.change_pin(PIN, "7654321")
     assert code(e) == ERR.PIN_POLICY_VIOLATION
@@ -127,26 +132,17 @@ def test_toggle_always_uv(key):
     assert key.ctap.get_info().options["alwaysUv"] is False
 
 
-def test_enterprise_attestation(key, new_key):
-    cdh = CDH
-    with pytest.raises(CtapError) as e:  # ep disabled
-        key.ctap.make_credential(cdh, {"id": "example.com"}, {"id": b"u"}, ES256, enterprise_attestation=2)
-    assert code(e) == ERR.INVALID_PARAMETER
-    config(key).enable_enterprise_attestation()
-    assert key.ctap.get_info().options["ep"] is True
-    proto, token = key.token(PERM.MAKE_CREDENTIAL)
-    att = key.ctap.make_credential(cdh, {"id": "example.com"}, {"id": b"u"}, ES256, enterprise_attestation=2,
-                                   pin_uv_param=proto.authenticate(token, cdh), pin_uv_protocol=2)
-    assert att.ep_att is True
-    proto, token = key.token(PERM.MAKE_CREDENTIAL)
+def test_no_enterprise_attestation_on_retail_keys(key, new_key):
+    """Retail YubiKey 5.7 and Crescendo keys have no `ep` (only enterprise-ordered keys do):
+    enterpriseAttestation in makeCredential and enableEnterpriseAttestation are refused."""
+    for k in (key, new_key("crescendo-key")):
+        assert "ep" not in k.ctap.info.options
+        with pytest.raises(CtapError) as e:
+            k.ctap.make_credential(CDH, {"id": "example.com"}, {"id": b"u"}, ES256, enterprise_attestation=2)
+        assert code(e) == ERR.INVALID_PARAMETER
+    proto, token = key.token(PERM.AUTHENTICATOR_CFG)
     with pytest.raises(CtapError) as e:
-        key.ctap.make_credential(cdh, {"id": "example.com"}, {"id": b"u"}, ES256, enterprise_attestation=3,
-                                 pin_uv_param=proto.authenticate(token, cdh), pin_uv_protocol=2)
-    assert code(e) == ERR.INVALID_OPTION
-    card = new_key("crescendo-key")
-    assert "ep" not in card.ctap.info.options
-    with pytest.raises(CtapError) as e:
-        Config(card.ctap).enable_enterprise_attestation()
+        Config(key.ctap, proto, token).enable_enterprise_attestation()
     assert code(e) == ERR.INVALID_PARAMETER
 
 
@@ -250,13 +246,14 @@ def test_reset_wipes_everything(key):
     assert code(e) == ERR.NO_CREDENTIALS
 
 
-def test_reset_window_and_presence(new_key, monkeypatch):
+def test_reset_window_and_presence(new_key):
     key = new_key(pin=PIN)
-    monkeypatch.setattr(authenticator, "RESET_WINDOW_SECONDS", 0.0)
+    assert key.authenticator.profile.reset_window == 5.0  # YubiKey: 5 s after power-up
+    key.authenticator.powered_up -= 5.5
     with pytest.raises(CtapError) as e:
         key.ctap.reset()
     assert code(e) == ERR.NOT_ALLOWED
-    monkeypatch.setattr(authenticator, "RESET_WINDOW_SECONDS", 10.0)
+    key.authenticator.power_cycle()
     key.authenticator.powered_up -= 11
     with pytest.raises(CtapError) as e:
         key.ctap.reset()

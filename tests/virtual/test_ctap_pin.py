@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fido2.ctap import CtapError
-from fido2.ctap2.pin import ClientPin, PinProtocolV1, _pad_pin
+from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2, _pad_pin
 from fido2.utils import sha256
 
 ERR = CtapError.ERR
@@ -199,12 +199,13 @@ def test_change_pin_invalidates_token(key):
 
 def test_legacy_only_on_fido_2_1_pre(new_key):
     key = new_key("yubikey-5-nfc-5.4", pin=PIN)
-    assert key.ctap.info.pin_uv_protocols == [1]
+    assert key.ctap.info.pin_uv_protocols == [2, 1]  # 5.4.3's getInfo
     assert "pinUvAuthToken" not in key.ctap.info.options
     with pytest.raises(CtapError) as e:
         key.ctap.client_pin(1, ClientPin.CMD.GET_TOKEN_USING_PIN, permissions=1)
     assert code(e) == ERR.INVALID_SUBCOMMAND
     with pytest.raises(CtapError) as e:
-        key.ctap.client_pin(2, ClientPin.CMD.GET_KEY_AGREEMENT)
+        key.ctap.client_pin(3, ClientPin.CMD.GET_KEY_AGREEMENT)
     assert code(e) == ERR.INVALID_PARAMETER
     assert ClientPin(key.ctap, PinProtocolV1()).get_pin_retries() == (8, None)
+    assert ClientPin(key.ctap, PinProtocolV2()).get_pin_token(PIN)  # legacy getPinToken on protocol 2

@@ -213,6 +213,9 @@ def test_profiles_match_public_aaguids():
     known = json.loads((Path(__file__).resolve().parents[2] / "station/data/aaguids.json").read_text())
     models = {(uuid.UUID(e["aaguid"]).bytes, e["vendor"], e["model"]) for e in known}
     for profile in PROFILES.values():
+        if not profile.ctap2:  # a CTAP1/U2F-only key has no AAGUID at all
+            assert profile.aaguid == bytes(16)
+            continue
         assert (profile.aaguid, profile.vendor, profile.model) in models
     assert PROFILES["yubikey-5-nfc-5.7"].atr.hex() == "3b8d80018073c021c057597562694b6579f9"
     assert PROFILES["crescendo-4000"].usb is None and PROFILES["crescendo-key"].usb.vid == 0x09C3
@@ -240,7 +243,8 @@ def test_cli_profiles_new_ca(tmp_path):
     runner = CliRunner()
     out = runner.invoke(cli, ["virtual", "profiles"])
     assert out.exit_code == 0 and out.output.split() == [
-        "yubikey-5-nfc-5.7", "yubikey-5-nfc-5.4", "crescendo-4000", "crescendo-key"]
+        "yubikey-5-nfc-5.7", "yubikey-5-nfc-5.7-pin-complexity", "yubikey-5-nfc-5.4",
+        "yubico-u2f-security-key", "crescendo-4000", "crescendo-key"]
     path = tmp_path / "k.json"
     out = runner.invoke(cli, ["virtual", "new", str(path), "--profile", "crescendo-4000"])
     assert out.exit_code == 0 and path.exists()
