@@ -171,7 +171,12 @@ class Candidate:
             if self.transport == TRANSPORT_HID:
                 from fido2 import hid as fido2_hid
 
-                ctap_device = CtapHidDevice(self.descriptor, fido2_hid.open_connection(self.descriptor))
+                connection = fido2_hid.open_connection(self.descriptor)
+                try:
+                    ctap_device = CtapHidDevice(self.descriptor, connection)  # sends CTAPHID_INIT
+                except BaseException:
+                    connection.close()
+                    raise
             else:
                 ctap_device = _connect_pcsc(self.path)
             return describe(ctap_device, spec=self.spec, transport=self.transport, path=self.path)
