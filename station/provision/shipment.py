@@ -64,14 +64,18 @@ class _FromPool(AbstractContextManager):
     """One item's key from a KeyPool: waits for a usable key (saying so), and afterwards for the
     key to be removed, so that the next item gets the next key."""
 
-    def __init__(self, pool, say: Callable[[str], None]) -> None:
-        self.pool, self.say = pool, say
+    def __init__(self, pool, say: Callable[[str], None], pending: list) -> None:
+        self.pool, self.say, self.pending = pool, say, pending
         self.stop = threading.Event()
         self.device: Device | None = None
 
     def __enter__(self) -> Device:
         from station.device.pool import Refusal
 
+        while self.pending:  # the previous item's key must leave before the next one is taken
+            previous = self.pending.pop()
+            self.say(f"remove the key {previous.label}")
+            self.pool.give_back(previous, self.stop, wait_removal=True)
         while True:
             got = self.pool.take(self.stop)
             if not isinstance(got, Refusal):
@@ -82,9 +86,8 @@ class _FromPool(AbstractContextManager):
             self.say("insert a fresh key")
 
     def __exit__(self, *exc) -> None:
-        if self.device is not None:
-            self.say(f"remove the key {self.device.label}")
-            self.pool.give_back(self.device, self.stop, wait_removal=True)
+        if self.device is not None:  # held (locked) until the next item sees it removed
+            self.pending.append(self.device)
 
 
 def spec_source(spec: str, *, profile: str | None = None, virtual_transport: str = "direct",
@@ -112,13 +115,21 @@ def spec_source(spec: str, *, profile: str | None = None, virtual_transport: str
 
     if kind != "virtual":
         pool = KeyPool(spec, poll_seconds=poll_seconds)
+        pending: list[Device] = []
 
         def inserted(index: int) -> AbstractContextManager[Device]:
             if before_item:
                 before_item(index)
             say(f"item {index + 1}: insert a fresh key")
-            return _FromPool(pool, say)
+            return _FromPool(pool, say, pending)
 
+        def finish() -> None:
+            for device in pending:
+                say(f"remove the key {device.label}")
+                device.close()
+            pending.clear()
+
+        inserted.finish = finish  # type: ignore[attr-defined]
         return inserted
 
     def named(index: int) -> AbstractContextManager[Device]:
@@ -263,8 +274,11 @@ def fulfill_files(
             shown.append(report)
         atomic_write(Path(out_file), json.dumps(result.output, indent=2).encode() + b"\n", mode=0o644)
 
-    result = fulfill_shipment(shipment, devices=devices, keystore=keystore, trust=trust, on_touch=touch_prompt,
-                              on_item=done)
+    try:
+        result = fulfill_shipment(shipment, devices=devices, keystore=keystore, trust=trust,
+                                  on_touch=touch_prompt, on_item=done)
+    finally:
+        getattr(devices, "finish", lambda: None)()
     done(result)
     if result.cancelled:
         raise StationError(f"the items done so far are in {out_file}; the others were not attempted", code="cancelled")
