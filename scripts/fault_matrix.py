@@ -51,7 +51,7 @@ from station.protocol.keys import KeyStore  # noqa: E402
 from station.protocol.messages import PinResponse  # noqa: E402
 from station.errors import StationError  # noqa: E402
 
-POINTS = ("claimed", "touching", "credential-1", "credential-2", "sealed", "submitting", "acknowledged")
+POINTS = ("claimed", "confirmed", "touching", "credential-1", "credential-2", "sealed", "submitting", "acknowledged")
 OPTIONS = ROOT / "fixtures" / "options"
 PROFILE = "yubikey-5-nfc-5.7"
 CREDENTIALS_PER_ITEM = 2

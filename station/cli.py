@@ -264,32 +264,39 @@ def _virtual_transport_option(func):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fail_cleanly
 def devices(as_json: bool) -> None:
-    """Every attached authenticator (USB-HID and PC/SC)."""
+    """Every attached authenticator (USB-HID and PC/SC); keys a station slot holds are listed as
+    in use and never opened."""
     from station.console import print_devices
-    from station.device.discovery import list_devices
+    from station.device.discovery import scan
 
-    found = list_devices()
+    found = scan()
     try:
-        print_devices(found, as_json=as_json)
+        print_devices(found.devices, as_json=as_json, busy=found.busy, refused=found.refused)
     finally:
-        for device in found:
-            device.close()
+        found.close()
 
 
 @cli.command()
 @click.option("--device", "spec", required=True, help="auto, hid[:PATH], pcsc[:READER] or virtual:STATEFILE")
 @click.option("--yes", is_flag=True, help="Confirm: every credential and the PIN are erased.")
+@click.option("--wait", is_flag=True, help="Reset the key on its next insertion (no race against its window).")
 @_virtual_transport_option
 @fail_cleanly
-def reset(spec: str, yes: bool, virtual_transport: str) -> None:
-    """Factory-reset an authenticator (within 5 s of plugging it in for a YubiKey, with a touch)."""
+def reset(spec: str, yes: bool, wait: bool, virtual_transport: str) -> None:
+    """Factory-reset an authenticator, with a touch, within its window after plugging it in
+    (YubiKey 5 s, CTAP 2.1 10 s); --wait resets it as it is inserted."""
     from station.console import err_console
-    from station.provision.reset import reset_device
+    from station.provision.reset import reset_device, reset_window
 
     if not yes:
         raise UsageError("reset erases the key: add --yes to confirm")
-    label = reset_device(spec, virtual_transport=virtual_transport,
-                         on_touch=lambda d: err_console.print(f"[bold yellow]Touch the key to reset it:[/] {d.label}"))
+
+    def touch(d) -> None:
+        err_console.print(f"[bold yellow]Touch the key to reset it:[/] {d.label} "
+                          f"(within {reset_window(d.vendor)} s of inserting it)")
+
+    label = reset_device(spec, virtual_transport=virtual_transport, on_touch=touch, wait=wait,
+                         on_waiting=lambda text: err_console.print(f"[bold]{text}[/]"))
     err_console.print(f"[green]reset:[/] {label} is fresh again")
 
 
@@ -321,7 +328,8 @@ def fulfill(shipment_file: Path, keys_dir: Path, spec: str, out_file: Path, prof
 
 # ---------------------------------------------------------------- station daemon (run)
 RUN_OPTIONS = ("service", "token", "device", "keys_dir", "journal_dir", "slots", "once", "until_empty",
-               "lease_seconds", "heartbeat_seconds", "profile", "roots", "trust_test_ca", "as_json", "virtual_transport", "trust_dir")
+               "lease_seconds", "heartbeat_seconds", "profile", "roots", "trust_test_ca", "as_json", "virtual_transport", "trust_dir",
+               "step_timeout", "lock_dir")
 
 
 @cli.command()
@@ -347,6 +355,9 @@ RUN_OPTIONS = ("service", "token", "device", "keys_dir", "journal_dir", "slots",
 @click.option("--json", "as_json", is_flag=True, default=None, help="Machine-readable event lines on stdout.")
 @click.option("--virtual-transport", type=click.Choice(["direct", "hid", "pcsc"]),
               help="How a virtual: key is reached (default direct).")
+@click.option("--step-timeout", type=float, help="Seconds without progress after which a key counts as wedged (default 90).")
+@click.option("--lock-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Device lock files (default $STATION_LOCK_DIR, else /run/fido-station).")
 @click.pass_context
 @fail_cleanly
 def run(ctx: click.Context, config_file: Path | None, **_options) -> None:
@@ -364,6 +375,7 @@ def run(ctx: click.Context, config_file: Path | None, **_options) -> None:
         heartbeat_seconds=settings.heartbeat_every, profile=settings.profile,
         virtual_transport=settings.virtual_transport, trust_test_ca=settings.trust_test_ca, roots=settings.roots,
         trust_dir=settings.trust_dir,
+        step_timeout=settings.step_timeout, lock_dir=settings.lock_dir,
     )
     _warn_roots_deprecated(settings.roots)
     with run_events(as_json=settings.as_json, slots=settings.slots) as on_event:
@@ -380,7 +392,7 @@ _DB_OPTION = click.option(
 DOOR_OPTIONS = ("trusted_proxy", "max_body_bytes", "max_header_bytes", "head_timeout", "body_timeout",
                 "max_connections", "quota_shipments", "quota_bytes", "docs")
 SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host", "port", "retention_seconds",
-                 *DOOR_OPTIONS)
+                 "max_attempts", *DOOR_OPTIONS)
 
 
 @cli.command()
@@ -406,6 +418,7 @@ SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host"
 @click.option("--quota-shipments", type=click.IntRange(1), help="Shipments per tenant per minute (default 120).")
 @click.option("--quota-bytes", type=click.IntRange(1024), help="Shipment bytes per tenant per minute (default 16 MiB).")
 @click.option("--docs", is_flag=True, default=None, help="Serve /docs and /redoc (off by default).")
+@click.option("--max-attempts", type=click.IntRange(1, 100), help="Keys that may fault on an item before it fails (default 3).")
 @click.pass_context
 @fail_cleanly
 def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
@@ -432,7 +445,8 @@ def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
     serve_api(settings.db_url, None if settings.keys_dir is None else str(settings.keys_dir),
               jwks_file=None if settings.jwks_file is None else str(settings.jwks_file),
               allow_private_keys=settings.allow_private_keys, host=settings.host, port=settings.port,
-              retention_seconds=settings.retention_seconds, limits=limits)
+              retention_seconds=settings.retention_seconds, limits=limits,
+              max_attempts=settings.max_attempts)
 
 
 @cli.group()

@@ -74,6 +74,8 @@ class RunSettings(_Settings):
     roots: Path | None = Field(None, description="Deprecated: a folder of roots for operator models (use station trust add-root).")
     trust_dir: Path = Field(default_factory=default_trust_dir, description="The trust store folder (station trust).")
     as_json: bool = Field(False, description="Machine-readable event lines instead of the live table.")
+    step_timeout: float = Field(90.0, gt=0, description="A key with no progress this long is wedged (the watchdog).")
+    lock_dir: Path | None = Field(None, description="Device lock files (default $STATION_LOCK_DIR or /run/fido-station).")
 
     @property
     def heartbeat_every(self) -> float:
@@ -103,6 +105,7 @@ class ServeSettings(_Settings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     retention_seconds: float = Field(DEFAULT_RETENTION_SECONDS, gt=0, description="How long read responses are kept.")
+    max_attempts: int = Field(3, ge=1, le=100, description="Keys that may fault on an item before it fails.")
     # the door under abuse (station.fulfillment.door.DoorLimits)
     trusted_proxy: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="CIDRs whose X-Forwarded-For is believed (env: comma-separated).")

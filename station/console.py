@@ -43,13 +43,24 @@ def devices_table(devices: list[Device]) -> Table:
     return table
 
 
-def print_devices(devices: list[Device], *, as_json: bool) -> None:
+def print_devices(devices: list[Device], *, as_json: bool, busy=(), refused=()) -> None:
+    """The keys `station devices` opened; `busy` (candidates a slot or process holds, never
+    opened) and `refused` ((candidate, StationError): opened, not usable) follow them."""
     if as_json:
-        json.dump([d.as_json() for d in devices], sys.stdout, indent=2)
+        rows = [d.as_json() for d in devices]
+        rows += [{"spec": c.spec, "transport": c.transport, "path": c.path, "in_use": True} for c in busy]
+        rows += [{"spec": c.spec, "transport": c.transport, "path": c.path, "error_code": e.code,
+                  "error_message": e.message} for c, e in refused]
+        json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    elif devices:
+        return
+    if devices:
         print_table(devices_table(devices))
-    else:
+    for c in busy:
+        out_console.print(f"[dim]{c.transport} {c.path}: in use by a station slot (not opened)[/]")
+    for c, e in refused:
+        out_console.print(f"[red]{c.transport} {c.path}: {e.code}[/] {e.message}")
+    if not (devices or busy or refused):
         out_console.print("No authenticator attached. Insert a key (USB) or place a card on a PC/SC reader.")
 
 
@@ -70,7 +81,12 @@ _EVENT_TEXT = {
     "touch": "[bold yellow]slot {slot}: touch the key[/] {device}",
     "fulfilled": "[green]slot {slot}: item {item} fulfilled[/] ({elapsed} s)",
     "failed": "[bold red]slot {slot}: item {item} failed: {error_code}[/] {message}",
-    "remove_key": "[bold]slot {slot}: remove the key[/] {device}",
+    "remove_key": "[bold]slot {slot}: remove the key[/] {device}{what}",
+    "key_fault": "[bold red]slot {slot}: {error_code}[/] {message} (item {item} {item_fate})",
+    "key_refused": "[bold red]slot {slot}: {error_code}[/] {message}",
+    "stale": "[bold red]slot {slot}: item {item}: {message}[/]",
+    "lost_lease": "[yellow]slot {slot}: {message}[/]",
+    "slot_restarted": "[bold red]{message}[/]",
     "not_fresh": "[bold red]slot {slot}: {message}[/] (item {item} went back to the queue)",
     "abandoned": "[yellow]slot {slot}: item {item} given back untouched[/]",
     "interrupted_key": "[bold red]{message}[/]",
@@ -92,12 +108,27 @@ def event_printer(*, as_json: bool):
             return
         template = _EVENT_TEXT.get(event.get("kind"))
         if template:
-            text = template.format_map(_Defaults({k: ("" if v is None else v) for k, v in event.items()}))
+            fields = _Defaults({k: ("" if v is None else v) for k, v in event.items()})
+            fields["what"] = f": {REMOVE_TEXT[event['action']]}" if event.get("action") in REMOVE_TEXT else ""
+            fields["item_fate"] = ("failed: no key could do it" if event.get("item_state") == "failed"
+                                   else "went back to the queue for another key")
+            text = template.format_map(fields)
             if event.get("key_touched"):
                 text += " [red]— that key was written to: reset it before reuse[/]"
             err_console.print(text)
 
     return show
+
+
+#: What a technician does with the key a slot asks to be removed, by the outcome's action.
+REMOVE_TEXT = {
+    "ship": "ship it",
+    "reset": "reset it (station reset) before reuse",
+    "set_aside": "set it aside, do not use it for orders",
+    "unplug": "it stopped answering: unplug it, reset it before reuse",
+    "reuse": "nothing was written to it: it can be used again",
+    "do_not_ship": "DO NOT SHIP it: reset it (station reset)",
+}
 
 
 class _Defaults(dict):
@@ -263,7 +294,12 @@ class SlotBoard:
         elif kind == "not_fresh":
             row.update(outcome="[bold red]not fresh — reset the key[/]", alert=True)
         elif kind == "remove_key":
-            row["step"] = "[bold]REMOVE THE KEY[/]"
+            what = REMOVE_TEXT.get(event.get("action") or "", "")
+            row["step"] = f"[bold]REMOVE THE KEY[/]{': ' + what if what else ''}"
+        elif kind in ("key_fault", "key_refused", "stale"):
+            what = "DO NOT SHIP — reset the key" if kind == "stale" else f"{event.get('error_code')}"
+            row.update(outcome=f"[bold red]{what}[/]", alert=True)
+            self._lines(event)
         elif kind == "abandoned":
             row.update(step="given back untouched", outcome="")
         else:

@@ -117,7 +117,7 @@ class VpcdCardPool(KeyPool):
     def watches_insertions(self) -> bool:
         return True
 
-    def take(self, stop: threading.Event) -> Device | None:
+    def take(self, stop: threading.Event, idle=None) -> Device | None:
         from station.virtual import VirtualAuthenticator
         from station.virtual.vpcd import serve
 

@@ -15,6 +15,9 @@ class StationError(Exception):
     code: str = "station_error"
     #: set when the failure came after the key was written to: it must be reset before reuse
     key_touched: bool = False
+    #: what the technician does with the key in hand (station.device.faults.ACTIONS): "reuse",
+    #: "reset", "set_aside" or "unplug"; None when the failure is not the key's
+    key_action: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -57,6 +60,10 @@ class DeviceError(StationError):
 class UserPresenceTimeout(StationError):
     code = "user_presence_timeout"
 
+
+#: Errors that are the request's own: they fail the item at once (PROTOCOL.md §4). Every other
+#: item error is one key's, and sends the item back to the queue for another key.
+REQUEST_ERROR_CODES = ("decrypt_failed", "invalid_request", "expired")
 
 ITEM_ERROR_CODES = (
     "decrypt_failed",

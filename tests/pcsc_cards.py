@@ -57,10 +57,10 @@ def _reader(name: str = TEST_READER):
     return next(r for r in readers() if str(r) == name)
 
 
-def _try_connect() -> bool | None:
+def _try_connect(name: str = TEST_READER) -> bool | None:
     """True: a card answered; False: pcscd says no card; None: in between (link gone, pcscd
     not polled yet, or still powering the card up)."""
-    connection = _reader().createConnection()
+    connection = _reader(name).createConnection()
     try:
         connection.connect()
         connection.disconnect()
@@ -73,19 +73,19 @@ def _try_connect() -> bool | None:
         connection.release()
 
 
-def wait_for_card(seconds: float = 10.0):
+def wait_for_card(seconds: float = 10.0, name: str = TEST_READER):
     """The reader once pcscd sees a card in it (pcscd polls presence a few times a second)."""
     deadline = time.monotonic() + seconds
-    while not _try_connect():
+    while not _try_connect(name):
         assert time.monotonic() < deadline, "pcscd sees no card"
         time.sleep(0.1)
-    return _reader()
+    return _reader(name)
 
 
-def wait_for_removal(seconds: float = 10.0) -> None:
+def wait_for_removal(seconds: float = 10.0, name: str = TEST_READER) -> None:
     """Until pcscd noticed the card left (so the next insertion is seen as a new card)."""
     deadline = time.monotonic() + seconds
-    while _try_connect() is not False:
+    while _try_connect(name) is not False:
         assert time.monotonic() < deadline, "pcscd still sees a card"
         time.sleep(0.1)
 

@@ -20,7 +20,8 @@ from fido2.hid import CAPABILITY, CtapHidDevice
 
 from station.vendors import USB_VENDORS, lookup
 from station.device.identity import Identity, read_identity
-from station.errors import DeviceError, DeviceUnsupported, UsageError
+from station.device.faults import TRANSPORT_ERRORS, key_fault
+from station.errors import DeviceUnsupported, StationError, UsageError
 
 TRANSPORT_HID = "usb-hid"
 TRANSPORT_PCSC = "pcsc"
@@ -42,6 +43,10 @@ class Device:
     vendor: str | None
     model: str
     short_model: str = ""
+    #: the device's lock file (station.device.pool), released when the device is closed
+    lock: Any = field(default=None, repr=False)
+    #: set by the watchdog when the key stopped answering
+    wedged: bool = False
 
     @property
     def aaguid(self) -> uuid.UUID:
@@ -74,10 +79,31 @@ class Device:
         """Read getInfo again (after the PIN or the configuration changed)."""
         self.info = self._ctap2.get_info()
 
+    @property
+    def transports(self) -> list[str]:
+        """WebAuthn transports for the credential response (PROTOCOL.md §3.2): what the key
+        reports in getInfo (CTAP 2.1 `transports`), else how the station reaches it: USB-HID is
+        "usb"; a card on a PC/SC reader is "nfc" unless the reader is the key's own USB CCID
+        interface (a YubiKey's reader is named after it)."""
+        reported = [str(t) for t in (self.info.transports or [])]
+        if reported:
+            return reported
+        if self.transport == TRANSPORT_PCSC:
+            return ["usb"] if "yubikey" in self.path.lower() else ["nfc"]
+        return ["usb"]
+
+    @property
+    def key_id(self) -> tuple[str, str | None]:
+        """The physical key: AAGUID and serial (the path is only where it was last seen)."""
+        return (str(self.aaguid), self.identity.serial)
+
     def close(self) -> None:
-        close = getattr(self.ctap_device, "close", None)
-        if close:
-            close()
+        try:
+            _close_quietly(self.ctap_device)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -104,8 +130,9 @@ def describe(ctap_device: CtapDevice, *, spec: str, transport: str, path: str) -
     try:
         ctap2 = Ctap2(ctap_device)
         info = ctap2.info
-    except (CtapError, OSError) as exc:
-        raise DeviceError(f"{path}: the key did not answer authenticatorGetInfo ({exc})") from exc
+    except TRANSPORT_ERRORS as exc:
+        label = f"{_usb_name(ctap_device) or 'key'} ({transport} {path})"
+        raise key_fault(exc, label=label, written=False, doing="reading its authenticatorGetInfo") from None
     entry = lookup(bytes(info.aaguid))
     vendor = entry.vendor if entry else _vendor_from_usb(ctap_device)
     model = entry.name if entry else f"unknown model (AAGUID {uuid.UUID(bytes=bytes(info.aaguid))})"
@@ -115,43 +142,146 @@ def describe(ctap_device: CtapDevice, *, spec: str, transport: str, path: str) -
                   short_model=entry.short_name if entry else "unknown model")
 
 
+def _usb_name(ctap_device: CtapDevice) -> str | None:
+    descriptor = getattr(ctap_device, "descriptor", None)
+    return getattr(descriptor, "product_name", None)
+
+
 def _vendor_from_usb(ctap_device: CtapDevice) -> str | None:
     descriptor = getattr(ctap_device, "descriptor", None)
     return USB_VENDORS.get(getattr(descriptor, "vid", None))
 
 
 # ------------------------------------------------------------------------------- transports
-def _hid_devices(path: str | None) -> list[Device]:
-    devices = []
-    for dev in CtapHidDevice.list_devices():
-        dev_path = str(dev.descriptor.path)
+@dataclass(frozen=True)
+class Candidate:
+    """An attached key found by listing hidraw nodes or reader names, not yet opened: opening
+    it is what disturbs a key another slot or process holds (a second CTAPHID opener; a PC/SC
+    disconnect that powers the card down), so the pool locks a candidate first."""
+
+    spec: str
+    transport: str
+    path: str
+    descriptor: Any = field(default=None, compare=False, repr=False)
+
+    def open(self) -> Device:
+        """Open and describe the key; a StationError naming the key if it cannot be used."""
+        ctap_device = None
+        try:
+            if self.transport == TRANSPORT_HID:
+                from fido2 import hid as fido2_hid
+
+                connection = fido2_hid.open_connection(self.descriptor)
+                try:
+                    ctap_device = CtapHidDevice(self.descriptor, connection)  # sends CTAPHID_INIT
+                except BaseException:
+                    connection.close()
+                    raise
+            else:
+                ctap_device = _connect_pcsc(self.path)
+            return describe(ctap_device, spec=self.spec, transport=self.transport, path=self.path)
+        except StationError:
+            _close_quietly(ctap_device)
+            raise
+        except TRANSPORT_ERRORS as exc:
+            _close_quietly(ctap_device)
+            raise key_fault(exc, label=f"{self.transport} {self.path}", written=False, doing="opening it") from None
+
+
+def _close_quietly(ctap_device) -> None:
+    if ctap_device is None:
+        return
+    try:
+        ctap_device.close()
+    except TRANSPORT_ERRORS:
+        pass
+
+
+def _hid_candidates(path: str | None) -> list[Candidate]:
+    """hidraw nodes with the FIDO usage page, read from their descriptors (nothing is sent)."""
+    from fido2 import hid as fido2_hid
+
+    found = []
+    for descriptor in fido2_hid.list_descriptors():
+        dev_path = str(descriptor.path)
         if path and dev_path != path:
             continue
-        devices.append(describe(dev, spec=f"hid:{dev_path}", transport=TRANSPORT_HID, path=dev_path))
-    return devices
+        found.append(Candidate(f"hid:{dev_path}", TRANSPORT_HID, dev_path, descriptor))
+    return found
 
 
-def _pcsc_devices(reader: str | None) -> list[Device]:
-    """Cards answering the FIDO applet in readers whose name contains `reader`."""
+def _pyscard():
     try:
-        from fido2.pcsc import CtapPcscDevice
         from smartcard.Exceptions import SmartcardException
         from smartcard.pcsc.PCSCExceptions import BaseSCardException
         from smartcard.System import readers
     except ImportError as exc:  # pyscard missing
         raise UsageError("PC/SC support needs pyscard: run scripts/setup") from exc
+    return readers, (SmartcardException, BaseSCardException)
+
+
+def reader_states(names: list[str]) -> dict[str, tuple[bool, int]]:
+    """{reader: (card present, card event count)} from pcscd's reader states, connecting to no
+    card (SCardGetStatusChange with a zero timeout). pcsc-lite counts insertions and removals in
+    the upper 16 bits of the event state, so a card swapped between two looks shows as a new
+    count. Empty when pcscd does not answer."""
+    from smartcard import scard
+
+    hresult, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+    if hresult != scard.SCARD_S_SUCCESS:
+        return {}
     try:
-        names = [r for r in readers() if (reader or "") in r.name]
-    except (SmartcardException, BaseSCardException) as exc:  # pcscd not running
+        hresult, states = scard.SCardGetStatusChange(context, 0, [(n, scard.SCARD_STATE_UNAWARE) for n in names])
+        if hresult != scard.SCARD_S_SUCCESS:
+            return {}
+        return {name: (bool(event & scard.SCARD_STATE_PRESENT), event >> 16) for name, event, _atr in states}
+    finally:
+        scard.SCardReleaseContext(context)
+
+
+def _pcsc_candidates(reader: str | None) -> list[Candidate]:
+    """Readers whose name contains `reader` and that hold a card."""
+    readers, errors = _pyscard()
+    try:
+        names = [r.name for r in readers() if (reader or "") in r.name]
+    except errors as exc:  # pcscd not running
         raise UsageError(f"PC/SC is not available ({exc}): start pcscd") from exc
-    devices = []
-    for r in names:
+    states = reader_states(names) if names else {}
+    return [Candidate(f"pcsc:{n}", TRANSPORT_PCSC, n) for n in names if states.get(n, (True, 0))[0]]
+
+
+def _connect_pcsc(name: str) -> CtapDevice:
+    from fido2.pcsc import CtapPcscDevice
+
+    readers, _ = _pyscard()
+    match = [r for r in readers() if r.name == name]
+    if not match:
+        raise OSError(f"reader {name} is gone")
+    connection = match[0].createConnection()
+    try:
+        return CtapPcscDevice(connection, name)
+    except BaseException:
         try:
-            ctap_device = CtapPcscDevice(r.createConnection(), r.name)
-        except (SmartcardException, BaseSCardException, CtapError, ValueError, OSError):
-            continue  # an empty reader, or a card without the FIDO applet
-        devices.append(describe(ctap_device, spec=f"pcsc:{r.name}", transport=TRANSPORT_PCSC, path=r.name))
-    return devices
+            connection.release()
+        except Exception:  # noqa: BLE001 - the connection may already be gone with the card
+            pass
+        raise
+
+
+def candidates(kind: str = "auto", arg: str = "", *, include_pcsc: bool = True) -> list[Candidate]:
+    """Every attached key a spec kind could mean, without opening any: USB-HID, then PC/SC (in
+    `auto`, PC/SC is skipped quietly when pcscd is not running)."""
+    if kind == "hid":
+        return _hid_candidates(arg or None)
+    if kind == "pcsc":
+        return _pcsc_candidates(arg or None)
+    found = _hid_candidates(None)
+    if include_pcsc:
+        try:
+            found += _pcsc_candidates(None)
+        except UsageError:
+            pass
+    return found
 
 
 def _virtual_device(statefile: str, transport: str, **options) -> Device:
@@ -182,15 +312,45 @@ def new_virtual_key(statefile: Path, profile: str) -> str:
     return f"virtual:{statefile}"
 
 
-def list_devices(*, include_pcsc: bool = True) -> list[Device]:
-    """Every attached authenticator: USB-HID, then PC/SC (PC/SC skipped quietly if no pcscd)."""
-    devices = _hid_devices(None)
-    if include_pcsc:
+@dataclass
+class Scan:
+    """What `station devices` sees: keys it opened, keys it left alone because another slot or
+    process holds them (their lock files), and keys it opened but cannot use (with why)."""
+
+    devices: list[Device]
+    busy: list[Candidate]
+    refused: list[tuple[Candidate, StationError]]
+
+    def close(self) -> None:
+        for device in self.devices:
+            device.close()
+
+
+def scan(*, include_pcsc: bool = True, lock_dir: Path | None = None) -> Scan:
+    """Open every attached key no one else holds (each under its lock while open)."""
+    from station.device.pool import try_lock
+
+    result = Scan([], [], [])
+    for candidate in candidates(include_pcsc=include_pcsc):
+        lock = try_lock(candidate.spec, lock_dir)
+        if lock is None:
+            result.busy.append(candidate)
+            continue
         try:
-            devices += _pcsc_devices(None)
-        except UsageError:
-            pass
-    return devices
+            device = candidate.open()
+        except StationError as exc:
+            lock.release()
+            result.refused.append((candidate, exc))
+            continue
+        device.lock = lock
+        result.devices.append(device)
+    return result
+
+
+def list_devices(*, include_pcsc: bool = True) -> list[Device]:
+    """Every attached authenticator no one else holds: USB-HID, then PC/SC (PC/SC skipped
+    quietly if no pcscd). Close each Device (it releases its lock)."""
+    return scan(include_pcsc=include_pcsc).devices
 
 
 def check_spec(spec: str) -> tuple[str, str]:
@@ -208,17 +368,22 @@ def open_device(spec: str, *, virtual_transport: str = "direct", **virtual_optio
     kind, arg = check_spec(spec)
     if kind == "virtual":
         return _virtual_device(arg, virtual_transport, **virtual_options)
-    if kind == "hid":
-        found = _hid_devices(arg or None)
-    elif kind == "pcsc":
-        found = _pcsc_devices(arg or None)
-    else:
-        found = list_devices()
+    from station.device.pool import try_lock
+
+    found = candidates(kind, arg)
     if not found:
         raise UsageError(f"no authenticator found for {spec!r}: insert a key (see `station devices`)")
     if len(found) > 1:
-        for device in found:
-            device.close()
-        names = ", ".join(d.spec for d in found)
+        names = ", ".join(c.spec for c in found)
         raise UsageError(f"{len(found)} authenticators match {spec!r} ({names}): name one with --device")
-    return found[0]
+    lock = try_lock(found[0].spec)
+    if lock is None:
+        raise UsageError(f"{found[0].spec} is in use by a station slot or another `station` command: "
+                         "wait for it, or name another key")
+    try:
+        device = found[0].open()
+    except BaseException:
+        lock.release()
+        raise
+    device.lock = lock
+    return device

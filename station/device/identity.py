@@ -8,7 +8,8 @@
   (selected first; the FIDO applet is selected again after).
 - HID Crescendo Key over USB: FIDO HID exposes no serial number; it is reported as null with
   that reason.
-Firmware falls back to getInfo's firmwareVersion (CTAP 2.1), read as 0x00MMmmpp.
+Firmware falls back to getInfo's firmwareVersion (CTAP 2.1), decoded per vendor
+(`firmware_from_info`: 0x00MMmmpp only for Yubico).
 """
 
 from __future__ import annotations
@@ -42,11 +43,20 @@ class Identity:
     serial_note: str | None = None
 
 
-def firmware_from_info(value: int | None) -> str | None:
-    """getInfo firmwareVersion as "major.minor.patch" (the 0x00MMmmpp packing YubiKeys use)."""
-    if value is None or not 0 <= value < 1 << 24:
+def firmware_from_info(value: int | None, vendor: str | None = YUBICO) -> str | None:
+    """getInfo firmwareVersion (CTAP 2.1: a vendor-defined integer) as its vendor writes it.
+
+    Yubico packs major.minor.patch as 0x00MMmmpp (yubikit reads 5.7.1 as 0x050701). Other
+    vendors use their own packing: pico-fido sends major << 8 | minor (0x0800 is 8.0, not
+    "0.8.0"), so a value below 0x10000 of another vendor reads as "major.minor"; a larger one as
+    the three bytes of the YubiKey packing, which others borrow; beyond 24 bits, the number."""
+    if value is None or value < 0:
         return None
-    return f"{value >> 16}.{(value >> 8) & 0xFF}.{value & 0xFF}"
+    if vendor != YUBICO and value < 1 << 16:
+        return f"{value >> 8}.{value & 0xFF}"
+    if value < 1 << 24:
+        return f"{value >> 16}.{(value >> 8) & 0xFF}.{value & 0xFF}"
+    return None if vendor == YUBICO else str(value)
 
 
 class _PcscManagementConnection:
@@ -122,7 +132,7 @@ def read_crescendo(device: CtapDevice) -> Identity:
 
 def read_identity(device: CtapDevice, vendor: str | None, info) -> Identity:
     """Serial and firmware of any key; never raises for a key that simply does not tell."""
-    fallback_fw = firmware_from_info(getattr(info, "firmware_version", None))
+    fallback_fw = firmware_from_info(getattr(info, "firmware_version", None), vendor)
     try:
         if vendor == YUBICO:
             ident = read_yubikey(device)

@@ -41,12 +41,17 @@ from station.fulfillment.door import Door, DoorLimits, FailedTokenLimit, TenantQ
 from station.fulfillment.models import (
     MAX_ITEM_ID,
     ClaimedItem,
+    ConfirmRequest,
     FailedSubmit,
+    FencedLeaseRequest,
     FulfilledSubmit,
     ItemStateView,
     Jwks,
     LeaseRequest,
     LeaseView,
+    QueueView,
+    ReleasedView,
+    ReleaseRequest,
     ShipmentCreated,
     ShipmentItemView,
     ShipmentList,
@@ -458,14 +463,29 @@ def _add_station_routes(app: FastAPI) -> None:
             lease_expires_at=claimed.lease_expires,
             fido_pin_request=claimed.pin_request,
             fido_credential_requests=claimed.credential_requests,
+            generation=claimed.generation,
+            attempts=claimed.attempts,
         )
+
+    @app.get("/v1/station/queue", response_model=QueueView, tags=["station"])
+    def queue(station: Station, request: Request) -> QueueView:
+        """How many items are queued (not claimed, not finished)."""
+        return QueueView(queued=_store(request).counts().get(ItemState.QUEUED.value, 0))
 
     @app.post("/v1/station/items/{item_id}/heartbeat", response_model=LeaseView, tags=["station"])
     def heartbeat(item_id: ItemId, station: Station, request: Request,
-                  body: LeaseRequest | None = None) -> LeaseView:
-        """Extend the lease this station holds on an item."""
-        lease = body or LeaseRequest()
-        expires = _store(request).heartbeat(station, item_id, lease.lease_seconds)
+                  body: FencedLeaseRequest | None = None) -> LeaseView:
+        """Extend the lease this station holds on an item (409 `stale_lease` for a superseded claim)."""
+        lease = body or FencedLeaseRequest()
+        expires = _store(request).heartbeat(station, item_id, lease.lease_seconds, generation=lease.generation)
+        return LeaseView(item_id=item_id, lease_expires_at=expires)
+
+    @app.post("/v1/station/items/{item_id}/confirm", response_model=LeaseView, tags=["station"])
+    def confirm(item_id: ItemId, body: ConfirmRequest, station: Station, request: Request) -> LeaseView:
+        """Before the first write to a key: confirm the claim (409 `stale_lease` if superseded) and
+        record the write; the item then goes to no other station until the lease expired a grace
+        period ago."""
+        expires = _store(request).confirm(station, item_id, body.lease_seconds, generation=body.generation)
         return LeaseView(item_id=item_id, lease_expires_at=expires)
 
     @app.post("/v1/station/items/{item_id}/submit", response_model=ItemStateView, tags=["station"])
@@ -478,6 +498,7 @@ def _add_station_routes(app: FastAPI) -> None:
             product_data=body.product_data.model_dump() if isinstance(body, FulfilledSubmit) else None,
             error=body.error.model_dump() if isinstance(body, FailedSubmit) else None,
             serial_number=body.audit_serial,
+            generation=body.generation,
         )
         return ItemStateView(item_id=item_id, item_state=state.value)
 
@@ -488,11 +509,15 @@ def _add_station_routes(app: FastAPI) -> None:
         _store(request).record_station_status(station, body.model_dump(mode="json"))
         return Response(status_code=204)
 
-    @app.post("/v1/station/items/{item_id}/release", response_model=ItemStateView, tags=["station"])
-    def release(item_id: ItemId, station: Station, request: Request) -> ItemStateView:
-        """Give back an item this station holds and has not touched a key for."""
-        _store(request).release(station, item_id)
-        return ItemStateView(item_id=item_id, item_state=ItemState.QUEUED.value)
+    @app.post("/v1/station/items/{item_id}/release", response_model=ReleasedView, tags=["station"])
+    def release(item_id: ItemId, station: Station, request: Request,
+                body: ReleaseRequest | None = None) -> ReleasedView:
+        """Give back an item this station holds: untouched, or with the ItemError of the key that
+        faulted on it (an attempt; the item fails once `max_attempts` keys faulted)."""
+        body = body or ReleaseRequest()
+        released = _store(request).release(station, item_id, generation=body.generation,
+                                           error=None if body.error is None else body.error.model_dump())
+        return ReleasedView(item_id=item_id, item_state=released.state.value, attempts=released.attempts)
 
 
 def load_service_keys(*, jwks_file: str | None, keys_dir: str | None,
@@ -518,14 +543,17 @@ def load_service_keys(*, jwks_file: str | None, keys_dir: str | None,
 
 def serve(db_url: str | None, keys_dir: str | None = None, *, jwks_file: str | None = None,
           allow_private_keys: bool = False, host: str = "127.0.0.1", port: int = 8080,
-          retention_seconds: float | None = None, limits: DoorLimits | None = None) -> None:
+          retention_seconds: float | None = None, limits: DoorLimits | None = None,
+          max_attempts: int | None = None) -> None:
     """`station serve`: the service under uvicorn until interrupted (how uvicorn is started:
     door.server_config; the access log: logger `station.access` on stderr)."""
     import uvicorn
 
     limits = limits or DoorLimits()
     keystore = load_service_keys(jwks_file=jwks_file, keys_dir=keys_dir, allow_private_keys=allow_private_keys)
-    store = Store.open(db_url) if retention_seconds is None else Store.open(db_url, retention_seconds=retention_seconds)
+    options = {k: v for k, v in {"retention_seconds": retention_seconds, "max_attempts": max_attempts}.items()
+               if v is not None}
+    store = Store.open(db_url, **options)
     _log_access()
     try:
         uvicorn.Server(server_config(create_app(store, keystore, limits=limits), limits, host=host, port=port)).run()

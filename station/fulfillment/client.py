@@ -22,6 +22,8 @@ from station.fulfillment.models import (
     ItemStateView,
     Jwks,
     LeaseView,
+    QueueView,
+    ReleasedView,
     ShipmentCreated,
     ShipmentList,
     ShipmentView,
@@ -93,10 +95,21 @@ class FulfillmentClient:
         data = self._call("POST", "/v1/station/claim", {"lease_seconds": lease_seconds})
         return None if data is None else ClaimedItem.model_validate(data)
 
-    def heartbeat(self, item_id: int, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> LeaseView:
+    def queued(self) -> int:
+        """How many items wait in the queue."""
+        return QueueView.model_validate(self._call("GET", "/v1/station/queue")).queued
+
+    def heartbeat(self, item_id: int, lease_seconds: int = DEFAULT_LEASE_SECONDS, *,
+                  generation: int | None = None) -> LeaseView:
         """Extend the lease on `item_id`; Conflict when this station no longer holds it."""
         data = self._call("POST", f"/v1/station/items/{item_id}/heartbeat",
-                          {"lease_seconds": lease_seconds})
+                          _without_none({"lease_seconds": lease_seconds, "generation": generation}))
+        return LeaseView.model_validate(data)
+
+    def confirm(self, item_id: int, lease_seconds: int = DEFAULT_LEASE_SECONDS, *, generation: int) -> LeaseView:
+        """Before the first write to a key: Conflict (`stale_lease`) unless this claim still holds."""
+        data = self._call("POST", f"/v1/station/items/{item_id}/confirm",
+                          {"lease_seconds": lease_seconds, "generation": generation})
         return LeaseView.model_validate(data)
 
     def submit(
@@ -106,12 +119,14 @@ class FulfillmentClient:
         product_data: ProductData | dict[str, Any] | None = None,
         error: ItemError | dict[str, Any] | None = None,
         serial_number: str | None = None,
+        generation: int | None = None,
     ) -> ItemStateView:
         """Finish `item_id` with its product_data or its error (safe to repeat)."""
         if (product_data is None) == (error is None):
             raise ValueError("give exactly one of product_data and error")
-        body = (FulfilledSubmit(product_data=product_data, serial_number=serial_number)
-                if product_data is not None else FailedSubmit(error=error, serial_number=serial_number))
+        body = (FulfilledSubmit(product_data=product_data, serial_number=serial_number, generation=generation)
+                if product_data is not None
+                else FailedSubmit(error=error, serial_number=serial_number, generation=generation))
         data = self._call("POST", f"/v1/station/items/{item_id}/submit", body)
         return ItemStateView.model_validate(data)
 
@@ -119,9 +134,13 @@ class FulfillmentClient:
         """`POST /v1/station/status`: this station's slots, for the operator (status.py)."""
         self._call("POST", "/v1/station/status", report)
 
-    def release(self, item_id: int) -> ItemStateView:
-        """Give back an untouched item."""
-        return ItemStateView.model_validate(self._call("POST", f"/v1/station/items/{item_id}/release"))
+    def release(self, item_id: int, *, generation: int | None = None,
+                error: ItemError | dict[str, Any] | None = None) -> ReleasedView:
+        """Give back an item: untouched, or with the error of the key that faulted on it."""
+        if isinstance(error, ItemError):
+            error = error.model_dump()
+        body = _without_none({"generation": generation, "error": error}) or None
+        return ReleasedView.model_validate(self._call("POST", f"/v1/station/items/{item_id}/release", body))
 
     # -- transport -----------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: BaseModel | dict[str, Any] | None = None, *,
@@ -137,6 +156,10 @@ class FulfillmentClient:
         if response.is_success:
             return response.json()
         raise _refusal(response)
+
+
+def _without_none(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def _refusal(response: httpx.Response) -> ServiceError:

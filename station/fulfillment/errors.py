@@ -55,8 +55,13 @@ class NotFound(ServiceError):
     status = 404
 
 
+#: The Conflict code of a heartbeat, confirm, submit or release for a claim that was superseded.
+STALE_LEASE = "stale_lease"
+
+
 class Conflict(ServiceError):
-    """The lease is not held by this station, or the item already finished differently."""
+    """The lease is not held by this station, or the item already finished differently
+    (`code` is `stale_lease` when the station's claim was superseded by a newer one)."""
 
     code = "conflict"
     status = 409

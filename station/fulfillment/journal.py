@@ -9,6 +9,7 @@ An append-only file of JSON lines, each fsynced before the step it announces is 
     failed     the item's error, decided but not yet acknowledged by the service
     submitted  the service acknowledged the result; the item is closed
     released   the item went back to the queue untouched, or after an interrupted key was reported
+    stale      the service gave the item's claim to another: the key in hand must not ship
 
 No PIN, no decrypted request and no key material is ever written here: a sealed response is
 ciphertext for the customer. On start the station replays the journal (see runner.recover).
@@ -28,7 +29,7 @@ from station.errors import StationError
 from station.fsutil import atomic_write
 
 JOURNAL_FILE = "journal.jsonl"
-CLOSING_EVENTS = ("submitted", "released")
+CLOSING_EVENTS = ("submitted", "released", "stale")
 
 
 class JournalError(StationError):
@@ -47,6 +48,8 @@ class OpenItem:
     product_data: dict | None = None
     error: dict | None = None
     request_ids: list[str] = field(default_factory=list)
+    #: the claim's generation (the service refuses a result of a superseded claim)
+    generation: int | None = None
 
 
 class Journal:
@@ -117,7 +120,7 @@ class Journal:
             return
         item = self._open.setdefault(item_id, OpenItem(item_id=item_id, last=event))
         item.last = event
-        for name in ("shipment_id", "serial", "device", "product_data", "error"):
+        for name in ("shipment_id", "serial", "device", "product_data", "error", "generation"):
             if entry.get(name) is not None:
                 setattr(item, name, entry[name])
         if entry.get("request_ids"):
@@ -127,6 +130,6 @@ class Journal:
 
 
 def _item_data(item: OpenItem) -> dict:
-    data = {k: getattr(item, k) for k in ("shipment_id", "serial", "device", "product_data", "error")}
+    data = {k: getattr(item, k) for k in ("shipment_id", "serial", "device", "product_data", "error", "generation")}
     data["request_ids"] = item.request_ids
     return {k: v for k, v in data.items() if v is not None}

@@ -225,6 +225,13 @@ def _station_status(conn: Connection) -> None:
 
 
 # -- station-robust: leases, attempts ----------------------------------------------------------
+@step("station-robust: lease generation, first-write time and attempts per item")
+def _lease_fencing(conn: Connection) -> None:
+    """Lease fencing (a generation per claim, the time a station confirmed its first write to a
+    key) and the count of keys that faulted on an item (all NULL on older rows: read as 0)."""
+    add_column(conn, "items", Column("lease_generation", Integer, nullable=True))
+    add_column(conn, "items", Column("written_at", Double, nullable=True))
+    add_column(conn, "items", Column("attempts", Integer, nullable=True))
 
 
 # -- security: tenants, tokens -------------------------------------------------------------------

@@ -146,19 +146,61 @@ class LeaseRequest(_Body):
     lease_seconds: LeaseSeconds = DEFAULT_LEASE_SECONDS
 
 
+Generation = Annotated[int, Field(ge=1, le=MAX_ITEM_ID), BeforeValidator(_json_integer)]
+
+
 class ClaimedItem(_Body):
-    """An item leased to the calling station until `lease_expires_at` (seconds since the epoch)."""
+    """An item leased to the calling station until `lease_expires_at` (seconds since the epoch).
+    `generation` fences this claim: heartbeat, confirm, submit and release name it, and are
+    refused (409 `stale_lease`) once the item was claimed again. `attempts` counts the keys
+    that already faulted on the item."""
 
     item_id: int
     shipment_id: str
     lease_expires_at: float
     fido_pin_request: str
     fido_credential_requests: list[str]
+    generation: int = 1
+    attempts: int = 0
 
 
 class LeaseView(_Body):
     item_id: int
     lease_expires_at: float
+
+
+class FencedLeaseRequest(LeaseRequest):
+    """Heartbeat: the lease wanted, and the claim's generation (optional for older stations)."""
+
+    generation: Generation | None = None
+
+
+class ConfirmRequest(LeaseRequest):
+    """Confirm: the lease wanted and the generation of the claim about to write a key."""
+
+    generation: Generation
+
+
+class ReleaseRequest(_Body):
+    """Release: the claim's generation and, when a key's fault sends the item back, that key's
+    ItemError (it counts an attempt; the last allowed attempt fails the item with it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    generation: Generation | None = None
+    error: ItemError | None = None
+
+
+class QueueView(_Body):
+    """How many items wait in the queue (a station with no key in hand and --until-empty asks)."""
+
+    queued: int
+
+
+class ReleasedView(_Body):
+    item_id: int
+    item_state: Literal["queued", "failed"]
+    attempts: int = 0
 
 
 class _Submit(BaseModel):
@@ -167,6 +209,8 @@ class _Submit(BaseModel):
     serial_number: SerialNumber | None = None
     """Names the device for the audit when `product_data` does not (a failed item whose key was
     touched); never required."""
+    generation: Generation | None = None
+    """The claim this result belongs to: a result of a superseded claim is refused (409)."""
 
 
 class FulfilledSubmit(_Submit):

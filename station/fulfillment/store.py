@@ -60,13 +60,19 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from station.errors import InvalidRequest, UsageError
-from station.fulfillment.errors import Conflict, NotFound, ServiceUnavailable
+from station.fulfillment.errors import STALE_LEASE, Conflict, NotFound, ServiceUnavailable
 from station.fulfillment.migrations import latest_version, migrate
 from station.protocol.jose import content_digest, request_digest
 from station.protocol.states import ERROR_STATES, READABLE_STATES, ShipmentState  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = latest_version()
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+#: An item whose key faulted on this many keys fails with the last key's error (PROTOCOL.md §4).
+DEFAULT_MAX_ATTEMPTS = 3
+#: An item whose station reported a write is not handed to another station until its lease
+#: expired this long ago (the first station may still be writing, cut off from the service).
+DEFAULT_WRITE_GRACE_SECONDS = 600.0
+
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 metadata = MetaData()
@@ -129,6 +135,12 @@ items = Table(
     Column("result", Text, nullable=True),
     Column("finished_at", Double, nullable=True),
     Column("read_at", Double, nullable=True),
+    # lease fencing and attempts (issue 12; migration step "station-robust: ..."): each claim
+    # bumps the generation; a station reports its first write to a key (written_at) before
+    # making it; a key's fault counts an attempt
+    Column("lease_generation", Integer, nullable=True),
+    Column("written_at", Double, nullable=True),
+    Column("attempts", Integer, nullable=True),
     Index("items_queue", "state", "id"),
     Index("items_leases", "state", "lease_expires"),
 )
@@ -343,6 +355,18 @@ class Claim:
     pin_request: str
     credential_requests: list[str]
     lease_expires: float
+    #: this claim's fencing token: every later call about the item names it
+    generation: int = 1
+    #: keys that already faulted on this item
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class ItemRelease:
+    """The outcome of a release: back in the queue, or failed after too many keys faulted."""
+
+    state: "ItemState"
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -484,14 +508,16 @@ _PG_CLAIM_QUEUED = text("""
 WITH next AS (
     SELECT id FROM items WHERE state = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
 ), leased AS (
-    UPDATE items SET state = 'claimed', lease_owner = :station_id, lease_expires = :expires
+    UPDATE items SET state = 'claimed', lease_owner = :station_id, lease_expires = :expires,
+                     lease_generation = COALESCE(items.lease_generation, 0) + 1, written_at = NULL
     FROM next WHERE items.id = next.id
-    RETURNING items.id, items.shipment_id, items.pin_request, items.credential_requests
+    RETURNING items.id, items.shipment_id, items.pin_request, items.credential_requests,
+              items.lease_generation, items.attempts
 ), audited AS (
     INSERT INTO audit (at, event, item_id, shipment_id, token_id, station)
     SELECT :now, 'claimed', leased.id, leased.shipment_id, :station_id, :station_name FROM leased
 )
-SELECT id, shipment_id, pin_request, credential_requests FROM leased
+SELECT id, shipment_id, pin_request, credential_requests, lease_generation, attempts FROM leased
 """)
 
 #: PostgreSQL: finish an item this station holds, with its audit record, in one statement. No
@@ -500,6 +526,7 @@ _PG_SUBMIT_HELD = text("""
 WITH finished AS (
     UPDATE items SET state = :state, result = :result, finished_at = :now, lease_expires = NULL
     WHERE id = :item_id AND state = 'claimed' AND lease_owner = :station_id
+      AND (CAST(:generation AS INTEGER) IS NULL OR lease_generation = :generation)
     RETURNING id, shipment_id
 ), audited AS (
     INSERT INTO audit (at, event, item_id, shipment_id, token_id, station, serial_number, outcome)
@@ -516,9 +543,12 @@ EXPIRED_PROBE_SECONDS = 1.0
 class Store:
     """The queue and its tables. Open with `Store.open(url)`; every method is one transaction."""
 
-    def __init__(self, engine: Engine, *, retention_seconds: float) -> None:
+    def __init__(self, engine: Engine, *, retention_seconds: float, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 write_grace_seconds: float = DEFAULT_WRITE_GRACE_SECONDS) -> None:
         self.engine = engine
         self.retention_seconds = retention_seconds
+        self.max_attempts = max_attempts
+        self.write_grace_seconds = write_grace_seconds
         self._postgresql = engine.dialect.name == "postgresql"
         self._last_expired_probe: float | None = None
         #: the one-statement fast paths are atomic on their own: no BEGIN/COMMIT round trips
@@ -531,10 +561,15 @@ class Store:
         *,
         retention_seconds: float = DEFAULT_RETENTION_SECONDS,
         pool_size: int = 20,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        write_grace_seconds: float = DEFAULT_WRITE_GRACE_SECONDS,
     ) -> Store:
         """Connect to `url` (default `default_db_url()`) and create the schema on first start."""
+        if max_attempts < 1:
+            raise UsageError("--max-attempts must be at least 1")
         store = cls(_make_engine(url or default_db_url(), pool_size=pool_size),
-                    retention_seconds=retention_seconds)
+                    retention_seconds=retention_seconds, max_attempts=max_attempts,
+                    write_grace_seconds=write_grace_seconds)
         store._create_schema()
         return store
 
@@ -976,10 +1011,12 @@ class Store:
                 self._audit(conn, now, AuditEvent.EXPIRED, row.id, row.shipment_id,
                             token_id=row.lease_owner)
             expires = now + lease_seconds
+            generation = (row.lease_generation or 0) + 1
             conn.execute(
                 update(items)
                 .where(items.c.id == row.id)
-                .values(state=ItemState.CLAIMED.value, lease_owner=station.id, lease_expires=expires)
+                .values(state=ItemState.CLAIMED.value, lease_owner=station.id, lease_expires=expires,
+                        lease_generation=generation, written_at=None)
             )
             self._audit(conn, now, AuditEvent.CLAIMED, row.id, row.shipment_id, station=station)
         return Claim(
@@ -988,6 +1025,8 @@ class Store:
             pin_request=row.pin_request,
             credential_requests=json.loads(row.credential_requests),
             lease_expires=expires,
+            generation=generation,
+            attempts=row.attempts or 0,
         )
 
     def _expired_probe_due(self, now: float) -> bool:
@@ -1007,17 +1046,20 @@ class Store:
         if row is None:
             return None
         return Claim(item_id=row.id, shipment_id=row.shipment_id, pin_request=row.pin_request,
-                     credential_requests=json.loads(row.credential_requests), lease_expires=expires)
+                     credential_requests=json.loads(row.credential_requests), lease_expires=expires,
+                     generation=row.lease_generation, attempts=row.attempts or 0)
 
-    @staticmethod
-    def _next_claimable(conn: Connection, now: float):
+    def _next_claimable(self, conn: Connection, now: float):
         """The next item: expired leases first, then the queue in order (SKIP LOCKED on PostgreSQL;
-        on SQLite the transaction already holds the write lock)."""
+        on SQLite the transaction already holds the write lock). A lease whose holder reported a
+        write expires only `write_grace_seconds` later: that key may still be being written."""
         columns = (items.c.id, items.c.shipment_id, items.c.state, items.c.lease_owner,
-                   items.c.pin_request, items.c.credential_requests)
+                   items.c.pin_request, items.c.credential_requests, items.c.lease_generation,
+                   items.c.attempts)
         expired = (
             select(*columns)
-            .where(items.c.state == ItemState.CLAIMED.value, items.c.lease_expires < now)
+            .where(items.c.state == ItemState.CLAIMED.value, items.c.lease_expires < now,
+                   items.c.written_at.is_(None) | (items.c.lease_expires < now - self.write_grace_seconds))
             .order_by(items.c.lease_expires)
         )
         queued = select(*columns).where(items.c.state == ItemState.QUEUED.value).order_by(items.c.id)
@@ -1028,26 +1070,55 @@ class Store:
         return None
 
     def heartbeat(self, station: Principal, item_id: int, lease_seconds: float, *,
-                  now: float | None = None) -> float:
+                  generation: int | None = None, now: float | None = None) -> float:
         """Extend `station`'s lease on `item_id`; returns the new expiry."""
         now = _now(now)
         expires = now + lease_seconds
         with self._tx() as conn:
-            self._held_item(conn, station, item_id)
+            self._held_item(conn, station, item_id, generation)
             conn.execute(update(items).where(items.c.id == item_id).values(lease_expires=expires))
         return expires
 
-    def release(self, station: Principal, item_id: int, *, now: float | None = None) -> None:
-        """Give an item `station` holds back to the queue (it did not touch a key for it)."""
+    def confirm(self, station: Principal, item_id: int, lease_seconds: float, *, generation: int,
+                now: float | None = None) -> float:
+        """The station is about to write a key for this claim: check that it still holds it
+        (Conflict `stale_lease` otherwise) and record the write, which keeps the item from any
+        other station until the lease expired `write_grace_seconds` ago. Returns the new expiry."""
+        now = _now(now)
+        expires = now + lease_seconds
+        with self._tx() as conn:
+            self._held_item(conn, station, item_id, generation)
+            conn.execute(update(items).where(items.c.id == item_id)
+                         .values(lease_expires=expires, written_at=func.coalesce(items.c.written_at, now)))
+        return expires
+
+    def release(self, station: Principal, item_id: int, *, generation: int | None = None,
+                error: dict[str, Any] | None = None, now: float | None = None) -> ItemRelease:
+        """Give an item `station` holds back to the queue. With `error` (an ItemError of the key:
+        pulled, wedged, not genuine, not fresh) the release counts an attempt; the attempt that
+        reaches `max_attempts` fails the item with that error instead (PROTOCOL.md §4)."""
         now = _now(now)
         with self._tx() as conn:
-            row = self._held_item(conn, station, item_id)
+            row = self._held_item(conn, station, item_id, generation)
+            attempts = (row.attempts or 0) + (1 if error is not None else 0)
+            if error is not None and attempts >= self.max_attempts:
+                conn.execute(
+                    update(items).where(items.c.id == item_id)
+                    .values(state=ItemState.FAILED.value, result=_canonical(error), finished_at=now,
+                            lease_expires=None, attempts=attempts)
+                )
+                self._audit(conn, now, AuditEvent.FAILED, item_id, row.shipment_id, station=station,
+                            outcome=str(error.get("error_code")))
+                return ItemRelease(ItemState.FAILED, attempts)
             conn.execute(
                 update(items)
                 .where(items.c.id == item_id)
-                .values(state=ItemState.QUEUED.value, lease_owner=None, lease_expires=None)
+                .values(state=ItemState.QUEUED.value, lease_owner=None, lease_expires=None, written_at=None,
+                        attempts=attempts)
             )
-            self._audit(conn, now, AuditEvent.RELEASED, item_id, row.shipment_id, station=station)
+            self._audit(conn, now, AuditEvent.RELEASED, item_id, row.shipment_id, station=station,
+                        outcome=None if error is None else str(error.get("error_code")))
+        return ItemRelease(ItemState.QUEUED, attempts)
 
     def submit(
         self,
@@ -1057,6 +1128,7 @@ class Store:
         product_data: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         serial_number: str | None = None,
+        generation: int | None = None,
         now: float | None = None,
     ) -> ItemState:
         """Finish `item_id` with a ProductData (fulfilled) or an ItemError (failed).
@@ -1075,16 +1147,18 @@ class Store:
                 done = conn.execute(_PG_SUBMIT_HELD, {
                     "state": state.value, "result": result, "now": now, "item_id": item_id,
                     "station_id": station.id, "station_name": station.name, "event": event_kind.value,
-                    "serial": serial_number, "outcome": outcome}).first()
+                    "serial": serial_number, "outcome": outcome, "generation": generation}).first()
             if done is not None:
                 return state
         with self._tx() as conn:
             row = self._locked_item(conn, item_id)
             if ItemState(row.state).finished:
-                if row.lease_owner == station.id and row.result == result:
+                if row.lease_owner == station.id and row.result == result and (
+                        generation is None or row.lease_generation == generation):
                     return ItemState(row.state)
-                raise Conflict(f"item {item_id} was already finished with another result")
-            self._check_lease(row, station)
+                raise Conflict(f"item {item_id} was already finished with another result",
+                               code=STALE_LEASE if generation is not None else None)
+            self._check_lease(row, station, generation)
             conn.execute(
                 update(items)
                 .where(items.c.id == item_id)
@@ -1097,7 +1171,8 @@ class Store:
     @staticmethod
     def _locked_item(conn: Connection, item_id: int):
         row = conn.execute(
-            select(items.c.id, items.c.shipment_id, items.c.state, items.c.lease_owner, items.c.result)
+            select(items.c.id, items.c.shipment_id, items.c.state, items.c.lease_owner, items.c.result,
+                   items.c.lease_generation, items.c.attempts)
             .where(items.c.id == item_id)
             .with_for_update()
         ).first()
@@ -1106,13 +1181,19 @@ class Store:
         return row
 
     @staticmethod
-    def _check_lease(row, station: Principal) -> None:
+    def _check_lease(row, station: Principal, generation: int | None = None) -> None:
+        """Conflict unless `station` holds the item; `stale_lease` when a `generation` is named and
+        the item was claimed again since (by anyone, this station's token included)."""
         if row.state != ItemState.CLAIMED.value or row.lease_owner != station.id:
-            raise Conflict(f"item {row.id} is not leased to this station")
+            raise Conflict(f"item {row.id} is not leased to this station",
+                           code=STALE_LEASE if generation is not None else None)
+        if generation is not None and row.lease_generation != generation:
+            raise Conflict(f"item {row.id} was claimed again since this station's claim {generation}",
+                           code=STALE_LEASE)
 
-    def _held_item(self, conn: Connection, station: Principal, item_id: int):
+    def _held_item(self, conn: Connection, station: Principal, item_id: int, generation: int | None = None):
         row = self._locked_item(conn, item_id)
-        self._check_lease(row, station)
+        self._check_lease(row, station, generation)
         return row
 
     # -- retention and audit -------------------------------------------------------------------

@@ -102,7 +102,11 @@ def creation_options(public_key: dict[str, Any]) -> PublicKeyCredentialCreationO
 
 
 def _client_error(exc: ClientError) -> StationError:
+    from station.device.faults import TRANSPORT_ERRORS, describe_exception
+
     cause = exc.cause
+    if cause is not None and not isinstance(cause, CtapError) and isinstance(cause, TRANSPORT_ERRORS):
+        return DeviceError(f"makeCredential failed: {describe_exception(cause)}")
     if isinstance(cause, CtapError):
         if cause.code == CtapError.ERR.USER_ACTION_TIMEOUT:
             return UserPresenceTimeout("the key was not touched in time")

@@ -1,9 +1,11 @@
 """One shipment item on one key: open → preflight → PIN → credentials → config → guard → seal.
 
 `provision_item` is the whole of what a key goes through at the factory. Nothing is written to the
-key before every request is opened and the key is shown able to do everything the item asks;
-nothing is sealed before every attestation is shown genuine. A failure after the first write
-fails the item with `device_error` and marks it `key_touched`, so the technician resets the key.
+key before every request is opened and the key is shown able to do everything the item asks
+(`preflight`, whose `refuse_before_writing` is the one place for checks of the key itself: the
+catalogue, the trust store, capabilities, PIN policy); nothing is sealed before every attestation
+is shown genuine. Every failure names the key and what to do with it (`key_action`): a failure
+after the first write marks it `key_touched`, so the technician resets the key.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import datetime, timezone
 from fido2.ctap import CtapError
 
 from station.device.discovery import Device
+from station.device.faults import TRANSPORT_ERRORS, key_fault, with_action
 from station.errors import (
     DeviceError,
     DeviceNotFresh,
@@ -36,9 +39,9 @@ from station.protocol.messages import (
     PinResponse,
 )
 from station.provision.credential import CredentialMaker, MadeCredential
-from station.provision.genuine import TrustStore, admit, verify_genuine
+from station.provision.genuine import NOT_GENUINE, TrustStore, admit, verify_genuine
 from station.provision.limits import check_item_limits
-from station.provision.pin import Pin, draw_pin, force_pin_change, set_pin
+from station.provision.pin import Pin, PinPolicyRefused, force_pin_change, set_new_pin
 
 #: Names of the steps reported to `on_step`, in order (the daemon journals them).
 STEPS = ("opened", "preflight", "pin_set", "credential", "configured", "verified", "sealed")
@@ -84,11 +87,32 @@ def open_item(
     return OpenedItem(pin_request, pin_request_jwe, creds)
 
 
+def refuse_before_writing(device: Device, trust: TrustStore | None) -> None:
+    """What can be known of the key itself before anything is written to it: each check raises
+    a StationError with the key's `key_action` ("set_aside": it is not a key we program).
+
+    - with a trust store (the station always has one): the counterfeit guard's pre-write check
+      (`genuine.admit`): the AAGUID is a catalogued model (shipped, MDS or the operator's), not
+      revoked, with an anchor, and the key attests with something other than "none";
+    - without one: at least the AAGUID is in the shipped catalogue (station/data/aaguids.json),
+      since an unknown AAGUID would only be refused after the PIN and credentials were written.
+    """
+    from station.vendors import lookup
+
+    if trust is not None:
+        try:
+            admit(device.info, trust)
+        except StationError as exc:
+            raise with_action(exc, "set_aside") from None
+    elif lookup(device.aaguid) is None:
+        raise with_action(DeviceUnsupported(
+            f"{device.label}: {NOT_GENUINE} (AAGUID {device.aaguid} is no model in the catalogue)"), "set_aside")
+
+
 def preflight(device: Device, item: OpenedItem, *, now: datetime, trust: TrustStore | None = None) -> None:
     """Everything the item asks, checked before the key is written to (PROTOCOL.md §2, §5)."""
+    refuse_before_writing(device, trust)
     info = device.info
-    if trust is not None:
-        admit(info, trust)  # the model is catalogued, not revoked, and has an anchor (counterfeit guard)
     check_item_limits(max_msg_size=info.max_msg_size, max_cred_id_length=info.max_cred_id_length,
                       requests=[req for req, _ in item.credential_requests])
     if "clientPin" not in info.options:
@@ -184,23 +208,35 @@ def provision_item(
     if replayed:
         raise InvalidRequest(f"request {replayed[0]} was already fulfilled")
     step("opened", {"request_ids": request_ids})
-    preflight(device, item, now=now, trust=trust)
+    try:
+        preflight(device, item, now=now, trust=trust)
+    except StationError as exc:
+        raise _named(exc, device, written=False) from None
+    except TRANSPORT_ERRORS as exc:
+        raise key_fault(exc, label=device.label, written=False, doing="checking it") from None
     step("preflight", {"aaguid": str(device.aaguid), "serial": device.identity.serial})
 
-    pin = draw_pin(item.pin_request.length)
-    touched = False
+    written = {"maybe": False}  # from the first setPIN sent, the key may hold our PIN
+    doing = "setting its PIN"
     try:
-        touched = True  # from here the key may hold our PIN, even if setPIN itself fails
-        set_pin(device.ctap2(), pin)
+        try:
+            pin = set_new_pin(device.ctap2(), item.pin_request.length,
+                              on_attempt=lambda: written.update(maybe=True))
+        except PinPolicyRefused as exc:  # every refusal was for the PIN's policy: nothing written
+            written["maybe"] = False
+            raise with_action(DeviceUnsupported(f"{device.label}: {exc.message}"), "reuse") from None
         step("pin_set", {})
+        doing = "checking it holds no credential"
         _check_no_credentials(device, pin)
-        maker = CredentialMaker(device.ctap_device, pin, transports=list(device.info.transports or ["usb"]),
+        maker = CredentialMaker(device.ctap_device, pin, transports=device.transports,
                                 on_touch=on_touch, event=event)
         made = []
         for index, (req, _) in enumerate(item.credential_requests):
+            doing = f"making credential {index + 1}"
             public_key = req.public_key.model_dump(mode="json", by_alias=True, exclude_none=True)
             made.append(maker.make(public_key=public_key, origin=req.effective_origin))
             step("credential", {"index": index})
+        doing = "forcing a PIN change"
         force_pin_change(
             device.ctap2(),
             pin,
@@ -216,26 +252,34 @@ def provision_item(
         step("verified", {})
         product_data = _seal(device, item, pin, made, keystore)
     except StationError as exc:
-        if not touched:
-            raise
-        if not isinstance(exc, (DeviceError, DeviceNotFresh, UserPresenceTimeout)):
+        if written["maybe"] and not isinstance(exc, (DeviceError, DeviceNotFresh, UserPresenceTimeout)):
             exc = DeviceError(exc.message)  # a failure after the first write is the key's (PROTOCOL.md §4)
-        if "reset" not in exc.message:
-            exc.args = (f"{exc.message}; the key was written to: reset it before reuse",)
-        exc.key_touched = True
-        raise exc from None
-    except (CtapError, OSError) as exc:
-        err = DeviceError(f"the key failed midway ({_describe(exc)}); reset it before reuse")
-        err.key_touched = touched
-        raise err from None
+        raise _named(exc, device, written=written["maybe"]) from None
+    except TRANSPORT_ERRORS as exc:
+        raise key_fault(exc, label=device.label, written=written["maybe"], doing=doing) from None
     step("sealed", {})
     return ProvisionedItem(product_data, request_ids)
 
 
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, CtapError):
-        return f"CTAP error {exc.code.name}"
-    return type(exc).__name__
+def _named(exc: StationError, device: Device, *, written: bool) -> StationError:
+    """`exc` with the key's label and what the technician does with the key (`key_action`)."""
+    if exc.code in ("decrypt_failed", "invalid_request", "expired") and not written:
+        return exc  # the request's own fault: the key is fine
+    if device.label not in exc.message:
+        exc.args = (f"{device.label}: {exc.message}",)
+    exc.key_touched = written
+    if written:
+        action = "reset"
+    elif exc.key_action:
+        action = exc.key_action
+    elif NOT_GENUINE in exc.message or exc.code == "device_unsupported":
+        action = "set_aside"
+    else:
+        action = "reset" if exc.code == "device_not_fresh" else "reuse"
+    with_action(exc, action)
+    if written and NOT_GENUINE in exc.message:
+        exc.key_action = "set_aside"  # reset it, then set it aside
+    return exc
 
 
 def _seal(device: Device, item: OpenedItem, pin: Pin, made: list[MadeCredential], keystore: KeyStore) -> dict:

@@ -9,14 +9,27 @@ and the PIN response payload call it.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
+from fido2.ctap import CtapError
 from fido2.ctap2 import Ctap2
 from fido2.ctap2.config import Config
 from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2
 
+from station.errors import StationError
 from station.masked import Pin
 
 DIGITS = "0123456789"
+#: How many PINs are drawn when the key refuses them for its PIN policy (CTAP 2.1 §6.5.5.5
+#: CTAP2_ERR_PIN_POLICY_VIOLATION: nothing is stored). A YubiKey 5.7 with PIN complexity refuses
+#: a few published PINs beyond the weak shapes draw_pin already avoids, so a handful is plenty.
+PIN_DRAWS = 5
+
+
+class PinPolicyRefused(StationError):
+    """Every PIN drawn was refused by the key's PIN policy; the key holds no PIN."""
+
+    code = "device_unsupported"
 
 
 def is_weak(digits: str) -> bool:
@@ -46,6 +59,24 @@ def pin_protocol_for(info) -> PinProtocolV1 | PinProtocolV2:
 def set_pin(ctap: Ctap2, pin: Pin) -> None:
     """authenticatorClientPIN setPIN on a key that has none."""
     ClientPin(ctap, pin_protocol_for(ctap.info)).set_pin(pin.reveal())
+
+
+def set_new_pin(ctap: Ctap2, length: int, *, draws: int = PIN_DRAWS,
+                on_attempt: Callable[[], None] | None = None) -> Pin:
+    """Draw a PIN of `length` and set it; a PIN the key refuses for its policy
+    (PIN_POLICY_VIOLATION, nothing written) is replaced by a new draw of the same length, up to
+    `draws` times. `on_attempt` runs before each setPIN is sent. Returns the PIN set."""
+    for _ in range(draws):
+        pin = draw_pin(length)
+        if on_attempt:
+            on_attempt()
+        try:
+            set_pin(ctap, pin)
+            return pin
+        except CtapError as exc:
+            if exc.code != CtapError.ERR.PIN_POLICY_VIOLATION:
+                raise
+    raise PinPolicyRefused(f"the key's PIN policy refused {draws} PINs of {length} digits drawn at random")
 
 
 def force_pin_change(ctap: Ctap2, pin: Pin, *, min_pin_length: int | None, force: bool) -> None:

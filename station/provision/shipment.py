@@ -60,11 +60,46 @@ class _Opened(AbstractContextManager):
         self.device.close()
 
 
+class _FromPool(AbstractContextManager):
+    """One item's key from a KeyPool: waits for a usable key (saying so), and afterwards for the
+    key to be removed, so that the next item gets the next key."""
+
+    def __init__(self, pool, say: Callable[[str], None], pending: list) -> None:
+        self.pool, self.say, self.pending = pool, say, pending
+        self.stop = threading.Event()
+        self.device: Device | None = None
+
+    def __enter__(self) -> Device:
+        from station.device.pool import Refusal
+
+        while self.pending:  # the previous item's key must leave before the next one is taken
+            previous = self.pending.pop()
+            self.say(f"remove the key {previous.label}")
+            self.pool.give_back(previous, self.stop, wait_removal=True)
+        while True:
+            got = self.pool.take(self.stop)
+            if not isinstance(got, Refusal):
+                self.device = got
+                return got
+            self.say(f"{got.error.code}: {got.error.message}; remove that key")
+            self.pool.give_back(got.device, self.stop, wait_removal=True)
+            self.say("insert a fresh key")
+
+    def __exit__(self, *exc) -> None:
+        if self.device is not None:  # held (locked) until the next item sees it removed
+            self.pending.append(self.device)
+
+
 def spec_source(spec: str, *, profile: str | None = None, virtual_transport: str = "direct",
-                before_item: Callable[[int], None] | None = None) -> DeviceSource:
+                before_item: Callable[[int], None] | None = None,
+                say: Callable[[str], None] | None = None, poll_seconds: float = 0.5) -> DeviceSource:
     """The device source of a --device SPEC. `virtual:FOLDER/` makes a fresh virtual key per item
-    in FOLDER (of `profile`); any other spec opens the one key it names for each item, after
-    `before_item` (the CLI asks the technician to insert the next key there)."""
+    in FOLDER (of `profile`); `virtual:FILE` opens that key for each item, after `before_item`;
+    a hardware spec (auto, hid[:PATH], pcsc[:READER]) waits for a key no one else holds before
+    each item and for its removal after it, telling the technician through `say`."""
+    from station.device.pool import KeyPool
+
+    say = say or (lambda text: None)
     kind, arg = check_spec(spec)
     if kind == "virtual" and arg.endswith("/"):
         if not profile:
@@ -77,6 +112,25 @@ def spec_source(spec: str, *, profile: str | None = None, virtual_transport: str
             return _Opened(open_device(spec, virtual_transport=virtual_transport))
 
         return fresh
+
+    if kind != "virtual":
+        pool = KeyPool(spec, poll_seconds=poll_seconds)
+        pending: list[Device] = []
+
+        def inserted(index: int) -> AbstractContextManager[Device]:
+            if before_item:
+                before_item(index)
+            say(f"item {index + 1}: insert a fresh key")
+            return _FromPool(pool, say, pending)
+
+        def finish() -> None:
+            for device in pending:
+                say(f"remove the key {device.label}")
+                device.close()
+            pending.clear()
+
+        inserted.finish = finish  # type: ignore[attr-defined]
+        return inserted
 
     def named(index: int) -> AbstractContextManager[Device]:
         if before_item:
@@ -96,10 +150,12 @@ def fulfill_shipment(
     on_touch: Callable[[Device], None] | None = None,
     on_step: Callable[[int, str, dict], None] | None = None,
     event: threading.Event | None = None,
+    on_item: Callable[[ShipmentResult], None] | None = None,
 ) -> ShipmentResult:
     """Program one key per shipment item; collect product_data or the item's error. An item
     reusing a requestId an earlier item of this run was fulfilled with is refused
-    (`invalid_request`) before its key is touched."""
+    (`invalid_request`) before its key is touched. `on_item(result)` runs after every item (the
+    CLI writes the output file there, so a crash keeps what was done)."""
     result = ShipmentResult(output={"shipment_items": []})
     fulfilled: set[str] = set()
     for index, customization in _customizations(shipment):
@@ -147,9 +203,13 @@ def fulfill_shipment(
             report.key_touched = touched["maybe"]
             reset = "; the key may have been written to: reset it before reuse" if touched["maybe"] else ""
             _fail(result, report, f"cancelled by the technician{reset}")
+            if on_item:
+                on_item(result)
             continue
         result.output["shipment_items"].append({"product_data": [entry]})
         result.reports.append(report)
+        if on_item:
+            on_item(result)
     return result
 
 
@@ -201,11 +261,26 @@ def fulfill_files(
     keystore = KeyStore.open(keys_dir)
     testing = trust_test_ca or spec.startswith("virtual:")
     trust = TrustStore.default(operator_roots=roots, trust_test_ca=testing, trust_dir=trust_dir)
-    devices = spec_source(spec, profile=profile, virtual_transport=virtual_transport)
-    result = fulfill_shipment(shipment, devices=devices, keystore=keystore, trust=trust, on_touch=touch_prompt)
-    for report in result.reports:
-        item_line(report)
-    atomic_write(Path(out_file), json.dumps(result.output, indent=2).encode() + b"\n", mode=0o644)
+    from station.console import err_console
+
+    devices = spec_source(spec, profile=profile, virtual_transport=virtual_transport,
+                          say=lambda text: err_console.print(f"[bold]{text}[/]"))
+    shown = []
+
+    def done(result: ShipmentResult) -> None:
+        """After every item: its line on screen, and OUT rewritten atomically with the items so
+        far (a crash or Ctrl-C keeps every sealed response made before it)."""
+        for report in result.reports[len(shown):]:
+            item_line(report)
+            shown.append(report)
+        atomic_write(Path(out_file), json.dumps(result.output, indent=2).encode() + b"\n", mode=0o644)
+
+    try:
+        result = fulfill_shipment(shipment, devices=devices, keystore=keystore, trust=trust,
+                                  on_touch=touch_prompt, on_item=done)
+    finally:
+        getattr(devices, "finish", lambda: None)()
+    done(result)
     if result.cancelled:
         raise StationError(f"the items done so far are in {out_file}; the others were not attempted", code="cancelled")
     return result.all_fulfilled

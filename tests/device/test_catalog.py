@@ -42,3 +42,14 @@ def _all_aaguids():
 
     rows = json.loads((resources.files("station") / "data" / "aaguids.json").read_text())
     return {r["aaguid"] for r in rows}
+
+
+def test_firmware_is_decoded_per_vendor():
+    from station.device.identity import firmware_from_info
+    from station.vendors import HID_GLOBAL, YUBICO
+
+    assert firmware_from_info(0x050701, YUBICO) == "5.7.1"
+    assert firmware_from_info(0x0800, None) == "8.0"  # pico-fido 8.0 (major << 8 | minor), not 0.8.0
+    assert firmware_from_info(0x0800, YUBICO) == "0.8.0"
+    assert firmware_from_info(0x010000, HID_GLOBAL) == "1.0.0"
+    assert firmware_from_info(None, YUBICO) is None and firmware_from_info(1 << 30, YUBICO) is None

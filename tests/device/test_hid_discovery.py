@@ -1,6 +1,7 @@
 """USB-HID discovery, as on a technician's hub. There is no hidraw in this kernel, so the one
-mocked part is python-fido2's enumeration of USB devices: it hands out our virtual key behind
-the real CtapHidDevice (station.virtual.hid), and everything above it runs as with a YubiKey."""
+mocked part is python-fido2's enumeration of USB devices (tests/usb_hub.py): it hands out our
+virtual key behind the real CtapHidDevice (station.virtual.hid), and everything above it runs as
+with a YubiKey."""
 
 from __future__ import annotations
 
@@ -8,35 +9,24 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from fido2.hid import CtapHidDevice
-
 from station.cli import cli
 from station.device.discovery import open_device
 from station.errors import UsageError
-from station.virtual import VirtualAuthenticator, new_virtual
-from station.virtual.hid import open_hid
+from usb_hub import install
 
 
 @pytest.fixture
 def usb_hub(tmp_path, monkeypatch):
-    """plug(profile) puts a fresh virtual key on the 'USB bus' that CtapHidDevice.list_devices sees."""
-    plugged = []
+    """plug(profile) puts a fresh virtual key on the 'USB bus' python-fido2's enumeration sees;
+    returns the key's serial number, as printed on it."""
+    monkeypatch.setenv("STATION_LOCK_DIR", str(tmp_path / "locks"))
+    hub = install(monkeypatch, tmp_path)
 
     def plug(profile: str) -> str:
-        """The key's serial number, as printed on it."""
-        statefile = tmp_path / f"usb-{len(plugged)}.json"
-        key = new_virtual(statefile, profile)
-        serial = str(key.state.serial)
-        key.close()
-        plugged.append(statefile)
-        return serial
+        return hub.serial(hub.plug(profile))
 
-    def list_devices():
-        for statefile in plugged:
-            yield open_hid(VirtualAuthenticator.open(statefile))
-
-    monkeypatch.setattr(CtapHidDevice, "list_devices", staticmethod(list_devices))
-    return plug
+    yield plug
+    hub.close()
 
 
 def test_hid_finds_the_one_yubikey_and_reads_its_serial_with_yubikit(usb_hub):

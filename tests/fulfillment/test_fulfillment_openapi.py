@@ -43,6 +43,8 @@ OPERATIONS = [
     ("GET", "/v1/operator/items/failed"),
     ("GET", "/v1/operator/audit"),
     ("GET", "/v1/operator/tenants"),
+    ("POST", "/v1/station/items/{item_id}/confirm"),
+    ("GET", "/v1/station/queue"),
 ]
 
 

@@ -113,7 +113,7 @@ def test_reset_needs_yes_and_then_makes_a_programmed_key_fresh(tmp_path, keystor
 
 
 def test_devices_lists_nothing_without_hardware_and_says_so(monkeypatch):
-    monkeypatch.setattr("station.device.discovery.list_devices", lambda **kw: [])
+    monkeypatch.setattr("station.device.discovery.candidates", lambda *a, **kw: [])
     result = CliRunner().invoke(cli, ["devices"])
     assert result.exit_code == 0 and "No authenticator attached" in result.output
     result = CliRunner().invoke(cli, ["devices", "--json"])
@@ -143,3 +143,75 @@ def test_ctrl_c_keeps_the_items_done_and_names_the_key_in_hand(tmp_path, keystor
     assert "fido_pin_response" in items[0]  # the sealed result of item 1 is not lost
     assert items[1]["error_code"] == "device_error" and "reset it" in items[1]["error_message"]
     assert items[2]["error_message"] == "not attempted: the run was cancelled"
+
+
+def test_fulfill_on_one_usb_port_asks_for_the_next_key_and_writes_out_after_every_item(
+        tmp_path, keystore, order, monkeypatch):
+    from usb_hub import install
+
+    import station.console as console
+
+    monkeypatch.setenv("STATION_LOCK_DIR", str(tmp_path / "locks"))
+    (tmp_path / "usb").mkdir()
+    hub = install(monkeypatch, tmp_path / "usb")
+    port = hub.plug()
+    out = tmp_path / "out.json"
+    said, written_before_second = [], []
+
+    def technician(text, *a, **kw):  # what the technician reads, and does
+        said.append(str(text))
+        if "remove the key" in str(text):
+            hub.unplug(port)
+            hub.plug(path=port)  # the next fresh key, in the same port
+        if "item 2: insert" in str(text):
+            written_before_second.append(json.loads(out.read_text()))
+
+    monkeypatch.setattr(console.err_console, "print", technician)
+    items = [order("okta"), order("okta")]
+    shipment = write_shipment(tmp_path, items)
+    try:
+        result = CliRunner().invoke(cli, ["fulfill", shipment, "--keys", str(keystore.path), "--device", "hid",
+                                          "--out", str(out), "--trust-test-ca"])
+    finally:
+        hub.close()
+    assert result.exit_code == 0, (result.output, said)
+    products = [i["product_data"][0] for i in json.loads(out.read_text())["shipment_items"]]
+    assert all("fido_pin_response" in p for p in products)
+    assert products[0]["serial_number"] != products[1]["serial_number"]  # two keys, one per item
+    assert len(written_before_second[0]["shipment_items"]) == 1  # item 1 was on disk before item 2 began
+    assert sum("remove the key" in s for s in said) == 2
+
+
+def test_reset_wait_resets_the_key_on_its_next_insertion(tmp_path, keystore, order, monkeypatch):
+    from usb_hub import install
+
+    import station.console as console
+    from station.device.discovery import open_device
+    from station.provision.pin import draw_pin, set_pin
+
+    monkeypatch.setenv("STATION_LOCK_DIR", str(tmp_path / "locks"))
+    (tmp_path / "usb").mkdir()
+    hub = install(monkeypatch, tmp_path / "usb")
+    port = hub.plug()
+    statefile = hub.ports[port].statefile
+    device = open_device("hid")
+    set_pin(device.ctap2(), draw_pin(6))  # a used key
+    device.close()
+    said = []
+
+    def technician(text, *a, **kw):
+        said.append(str(text))
+        if "insert it again" in str(text):
+            hub.unplug(port)
+            hub.plug(path=port, statefile=statefile)  # the same key, powered up again
+
+    monkeypatch.setattr(console.err_console, "print", technician)
+    try:
+        result = CliRunner().invoke(cli, ["reset", "--device", "hid", "--yes", "--wait"])
+        assert result.exit_code == 0, (result.output, said)
+        assert any("within 5 s" in s for s in said)  # a YubiKey's own window, not CTAP's 10 s
+        again = open_device("hid")
+        assert not again.pin_set
+        again.close()
+    finally:
+        hub.close()

@@ -7,6 +7,7 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from counterfeit import self_signed_ca
 from fido2.ctap import CtapError
 from fido2.ctap2 import ClientPin, CredentialManagement
 from fido2.utils import websafe_decode
@@ -101,27 +102,6 @@ def test_the_pin_works_only_after_the_forced_change_and_credentials_are_discover
     assert creds[0][CredentialManagement.RESULT.CRED_PROTECT] == expected_level
 
 
-def _self_signed_ca(name: str):
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
 def _untouched(device) -> None:
     device.refresh()
     assert not device.pin_set
@@ -187,7 +167,7 @@ def test_a_key_failing_midway_is_a_device_error_that_asks_for_a_reset(make_key, 
 
 
 def test_a_key_signed_by_an_unknown_ca_is_not_genuine(make_key, order, keystore, trust):
-    device = make_key(attestation_ca=_self_signed_ca("Counterfeit FIDO Root"))
+    device = make_key(attestation_ca=self_signed_ca("Counterfeit FIDO Root"))
     with pytest.raises(StationError) as failed:
         run_item(device, order("okta"), keystore, trust)
     assert failed.value.code == "device_error" and "not genuine" in failed.value.message
@@ -257,3 +237,53 @@ def test_a_key_with_pin_complexity_on_is_programmed(make_key, order, keystore, t
     pin, _ = open_all(run_item(device, sealed, keystore, trust).product_data, sealed, keystore)
     device.refresh()
     assert device.pin_set and pin.force_pin_change is True
+
+
+def _drawn(monkeypatch, *pins):
+    """draw_pin hands out `pins` first (as if the CSPRNG had drawn them), then draws as usual."""
+    import station.provision.pin as pin_module
+    from station.masked import Pin
+
+    queue, real = list(pins), pin_module.draw_pin
+    monkeypatch.setattr(pin_module, "draw_pin", lambda length: Pin(queue.pop(0)) if queue else real(length))
+
+
+def test_a_pin_the_keys_complexity_policy_refuses_is_drawn_again(make_key, order, keystore, trust, monkeypatch):
+    # "123123" passes our weak-shape check but a YubiKey 5.7 with PIN complexity refuses it
+    # (PIN_POLICY_VIOLATION: nothing written); the station draws another PIN of the same length
+    _drawn(monkeypatch, "123123")
+    sealed = order("okta")
+    device = make_key("yubikey-5-nfc-5.7-pin-complexity")
+    result = run_item(device, sealed, keystore, trust)
+    pin, _ = open_all(result.product_data, sealed, keystore)
+    assert pin.pin != "123123" and len(pin.pin) == len("123123")
+
+
+def test_a_key_refusing_every_drawn_pin_is_unsupported_and_untouched(make_key, order, keystore, trust, monkeypatch):
+    _drawn(monkeypatch, *["123123"] * 5)
+    device = make_key("yubikey-5-nfc-5.7-pin-complexity")
+    with pytest.raises(StationError) as refused:
+        run_item(device, order("okta"), keystore, trust)
+    assert refused.value.code == "device_unsupported" and not refused.value.key_touched
+    assert refused.value.key_action == "reuse" and "PIN policy" in refused.value.message
+    _untouched(device)
+
+
+def test_a_u2f_only_key_is_refused_at_discovery_and_set_aside(tmp_path, monkeypatch):
+    from usb_hub import install
+
+    from station.device.pool import KeyPool, Refusal
+
+    monkeypatch.setenv("STATION_LOCK_DIR", str(tmp_path / "locks"))
+    (tmp_path / "usb").mkdir()
+    hub = install(monkeypatch, tmp_path / "usb")
+    try:
+        hub.plug("yubico-u2f-security-key")
+        import threading
+
+        got = KeyPool("hid", poll_seconds=0.01).take(threading.Event())
+        assert isinstance(got, Refusal) and got.error.code == "device_unsupported"
+        assert got.error.key_action == "set_aside" and "set it aside" in got.error.message
+        got.device.close()
+    finally:
+        hub.close()
