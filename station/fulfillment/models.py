@@ -146,7 +146,7 @@ class LeaseRequest(_Body):
     lease_seconds: LeaseSeconds = DEFAULT_LEASE_SECONDS
 
 
-Generation = Annotated[int, Field(ge=1, le=MAX_ITEM_ID), BeforeValidator(_json_integer)]
+Generation = Annotated[int, Field(ge=1, le=MAX_ITEM_ID), BeforeValidator(json_integer)]
 
 
 class ClaimedItem(_Body):
