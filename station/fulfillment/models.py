@@ -137,7 +137,7 @@ class StationStatusReport(_Body):
 
     slots: list[SlotStatus] = Field(max_length=MAX_SLOTS)
     version: Annotated[StrictStr, Field(max_length=40)] | None = None
-    items_done: Annotated[int, Field(ge=0, le=2**63 - 1), BeforeValidator(json_integer)] = 0
+    items_done: Annotated[int, Field(ge=0, le=2**53 - 1), BeforeValidator(json_integer)] = 0  # JSON-safe integers only
 
 
 class LeaseRequest(_Body):

@@ -11,12 +11,12 @@ import threading
 import pytest
 from click.testing import CliRunner
 from counterfeit import self_signed_ca
-from shipments import check_fulfilled
+from shipments import check_fulfilled, post_each
 from sqlalchemy import update
 from usb_hub import install
 
 from station.cli import cli
-from station.customer.orders import seal_item, shipment_body
+from station.customer.orders import seal_item
 from station.errors import StationError
 from station.fulfillment.client import FulfillmentClient
 from station.fulfillment.errors import Conflict
@@ -46,7 +46,8 @@ def hub(tmp_path, monkeypatch):
 def order(customer, n_items=1, names=("okta",)):
     jwks = customer.jwks("transport")
     sealed = [seal_item(transport_jwks=jwks, options=[options(n) for n in names]) for _ in range(n_items)]
-    return customer.post_shipment(shipment_body(sealed)).shipment_id, sealed
+    ids = post_each(customer, sealed)  # one key per shipment (PROTOCOL.md §4)
+    return (ids[0] if len(ids) == 1 else ids), sealed
 
 
 def opts(service, keystore, tmp_path, **kw) -> RunOptions:

@@ -15,9 +15,9 @@ import time
 
 import pytest
 from pcsc_cards import start_serve, stop_serve
-from shipments import check_fulfilled
+from shipments import check_fulfilled, post_each
 
-from station.customer.orders import seal_item, shipment_body
+from station.customer.orders import seal_item
 from station.device.discovery import reader_states
 from station.fulfillment.client import FulfillmentClient
 from station.fulfillment.runner import FAULT_ENV
@@ -133,7 +133,7 @@ def finish(process, technician, timeout: float):
 def test_two_slots_on_two_readers_program_both_cards_and_exit_0(service, customer, keystore, readers, tmp_path):
     jwks = customer.jwks("transport")
     items = [seal_item(transport_jwks=jwks, options=[options("okta")]) for _ in range(4)]
-    shipment_id = customer.post_shipment(shipment_body(items)).shipment_id
+    shipment_id = post_each(customer, items)  # one key per shipment (PROTOCOL.md §4)
     for reader in READERS:
         readers.insert(reader)
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}

@@ -19,8 +19,8 @@ PRODUCT = {"serial_number": "1", "firmware_version": "5.7.1", "fido_pin_response
 
 
 def _item() -> NewItem:
-    return NewItem(descriptor={"product_id": 29}, pin_request=f"{uuid.uuid4().hex}.b.c.d.e",
-                   credential_requests=[f"{uuid.uuid4().hex}.g.h.i.j"])
+    return NewItem(descriptor={"product_id": 29}, pin_request=f"{uuid.uuid4().hex}.eA.eQ.eg.eA",
+                   credential_requests=[f"{uuid.uuid4().hex}.eA.eQ.eg.eQ"])
 
 
 def _programmed(store: Store) -> str:

@@ -329,8 +329,14 @@ def test_a_token_in_a_query_string_is_refused_and_never_logged(serve, caplog):
 def test_the_access_log_has_the_real_peer_and_no_token(serve, caplog):
     served = serve()
     caplog.set_level(logging.INFO, logger="station.access")
-    served.get(MISSING, served.customer, headers={"X-Forwarded-For": "203.0.113.99"})
-    served.get(MISSING, "a-wrong-token")
+    access = logging.getLogger("station.access")
+    access.addHandler(caplog.handler)  # `station serve` earlier in this process stops its propagation
+    access.disabled = False  # and a logging dictConfig (uvicorn, click tests) may have disabled it
+    try:
+        served.get(MISSING, served.customer, headers={"X-Forwarded-For": "203.0.113.99"})
+        served.get(MISSING, "a-wrong-token")
+    finally:
+        access.removeHandler(caplog.handler)
     lines = [r.getMessage() for r in caplog.records if r.name == "station.access"]
     assert any(line.startswith("127.0.0.1:") and f'"GET {MISSING}" 404' in line and line.endswith("acme")
                for line in lines), lines
