@@ -332,15 +332,22 @@ def test_the_access_log_has_the_real_peer_and_no_token(serve, caplog):
     access = logging.getLogger("station.access")
     access.addHandler(caplog.handler)  # `station serve` earlier in this process stops its propagation
     access.disabled = False  # and a logging dictConfig (uvicorn, click tests) may have disabled it
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "station.access"]
+
     try:
         served.get(MISSING, served.customer, headers={"X-Forwarded-For": "203.0.113.99"})
         served.get(MISSING, "a-wrong-token")
+        # the door writes its line once the response is sent, on the server's thread: wait for it
+        deadline = time.monotonic() + 10
+        while len(lines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         access.removeHandler(caplog.handler)
-    lines = [r.getMessage() for r in caplog.records if r.name == "station.access"]
     assert any(line.startswith("127.0.0.1:") and f'"GET {MISSING}" 404' in line and line.endswith("acme")
-               for line in lines), lines
-    assert any(f'"GET {MISSING}" 401' in line for line in lines)
+               for line in lines()), lines()
+    assert any(f'"GET {MISSING}" 401' in line for line in lines())
     assert "203.0.113.99" not in caplog.text
     assert served.customer not in caplog.text and "a-wrong-token" not in caplog.text
 
