@@ -175,6 +175,11 @@ station_status = Table(
     Column("report", Text, nullable=False),
 )
 
+# issue 15 (migration step "directories: ..."): directory configurations, enrollments, their audit
+from station.fulfillment.directories.tables import define_tables as _define_directory_tables  # noqa: E402
+
+directory_configs, directory_enrollments, directory_audit = _define_directory_tables(metadata)
+
 
 class Role(str, enum.Enum):
     """Who a bearer token speaks for."""
