@@ -603,6 +603,12 @@ from station.cli_trust import trust as _trust_group  # noqa: E402
 cli.add_command(_trust_group)
 
 
+# ---------------------------------------------------------------- directories (issue 15: provisioning on behalf)
+from station.cli_directories import register as _register_directories  # noqa: E402
+
+_register_directories(cli, _DB_OPTION, fail_cleanly)
+
+
 def _warn_roots_deprecated(roots: Path | None) -> None:
     if roots is not None:
         click.echo(f"warning: --roots is deprecated: the roots in {roots} vouch only for models added with "

@@ -556,9 +556,11 @@ def load_service_keys(*, jwks_file: str | None, keys_dir: str | None,
 def serve(db_url: str | None, keys_dir: str | None = None, *, jwks_file: str | None = None,
           allow_private_keys: bool = False, host: str = "127.0.0.1", port: int = 8080,
           retention_seconds: float | None = None, limits: DoorLimits | None = None,
-          max_attempts: int | None = None) -> None:
+          max_attempts: int | None = None, directory_key: str | None = None,
+          registration_interval: float = 10.0) -> None:
     """`station serve`: the service under uvicorn until interrupted (how uvicorn is started:
-    door.server_config; the access log: logger `station.access` on stderr)."""
+    door.server_config; the access log: logger `station.access` on stderr), with the pass over
+    pending directory registrations in a background thread every `registration_interval` s."""
     import uvicorn
 
     limits = limits or DoorLimits()
@@ -567,9 +569,15 @@ def serve(db_url: str | None, keys_dir: str | None = None, *, jwks_file: str | N
                if v is not None}
     store = Store.open(db_url, **options)
     _log_access()
+    from station.fulfillment.directories.api import directories_for_app
+    from station.fulfillment.directories.service import RegistrationLoop
+
+    app = create_app(store, keystore, limits=limits, directory_key=directory_key)
+    registrations = RegistrationLoop(store, lambda: directories_for_app(app), interval=registration_interval).start()
     try:
-        uvicorn.Server(server_config(create_app(store, keystore, limits=limits), limits, host=host, port=port)).run()
+        uvicorn.Server(server_config(app, limits, host=host, port=port)).run()
     finally:
+        registrations.stop()
         store.close()
 
 

@@ -864,11 +864,12 @@ class Store:
             if row is None:
                 raise NotFound(f"no shipment {shipment_id}")
             item_rows = conn.execute(
-                select(items.c.id, items.c.state).where(items.c.shipment_id == shipment_id)
+                select(items.c.id, items.c.state, items.c.result).where(items.c.shipment_id == shipment_id)
                 .order_by(items.c.position).with_for_update()
             ).all()
             current = (ShipmentState(row.state_override) if row.state_override is not None
                        else derive_state([ItemState(r.state) for r in item_rows]))
+            _refuse_shipping_unregistered(shipment_id, target, item_rows)
             if current not in allowed:
                 raise Conflict(
                     f"shipment {shipment_id} is {int(current)} ({current.meaning}): state {int(target)} "
@@ -1259,6 +1260,20 @@ def _shipment(row, item_rows, result: Any) -> Shipment:
         items=[ItemView(id=r.id, position=r.position, descriptor=json.loads(r.descriptor),
                         state=ItemState(r.state), result=result(r.result)) for r in item_rows],
     )
+
+
+def _refuse_shipping_unregistered(shipment_id: str, target: ShipmentState, item_rows) -> None:
+    """A key whose credential its directory refused (issue 15: item error `directory_refused`)
+    must not ship: the technician resets it."""
+    if target is not ShipmentState.SHIPPED:
+        return
+    for r in item_rows:
+        error = json.loads(r.result) if r.state == ItemState.FAILED.value and r.result else {}
+        if error.get("error_code") == "directory_refused":
+            raise Conflict(
+                f"shipment {shipment_id}: {error.get('error_message', 'the directory refused the registration')}. "
+                "Do not ship this key: reset it (station reset --device ... --yes) and put it back with the "
+                "fresh keys", code="directory_refused", error_data={"shipment_state_id": 8})
 
 
 def _audit_record(r) -> AuditRecord:

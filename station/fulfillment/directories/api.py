@@ -36,7 +36,11 @@ def actor_of(principal: Principal) -> str:
 
 def directories_of(request: Request):
     """The app's Directories, made on first use (its key file is created then, not at start)."""
-    state = request.app.state
+    return directories_for_app(request.app)
+
+
+def directories_for_app(app: FastAPI):
+    state = app.state
     if getattr(state, "directories", None) is None:
         from station.fulfillment.directories.sealing import open_box
         from station.fulfillment.directories.service import Directories

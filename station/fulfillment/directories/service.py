@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from jwcrypto.jwk import JWK
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -156,16 +156,16 @@ def default_client(kind: str, directory_id: str, client_id: str, secret: str, se
     """The customer package's client for one configuration (429s are not waited out here: the
     caller reports them or retries at the Retry-After)."""
     endpoints = settings.get("endpoints") or {}
-    common = {"client_id": client_id, "client_secret": SecretStr(secret), "max_retries": max_retries}
+    common = {"client_id": client_id, "client_secret": secret, "max_retries": max_retries}
     if kind == "entra":
         graph = {k: v for k, v in {"url": endpoints.get("graph_url"), "login_url": endpoints.get("login_url"),
                                    "challenge_timeout_minutes": settings.get("challenge_timeout_minutes")}.items()
                  if v is not None}
-        return GraphClient(GraphSettings(tenant_id=directory_id, **common, **graph))
+        return GraphClient(GraphSettings.from_values(tenant_id=directory_id, **common, **graph))
     ping = {k: v for k, v in {"url": endpoints.get("api_url"), "auth_url": endpoints.get("auth_url"),
                               "region": settings.get("region"), "rp_id": settings.get("rp_id"),
                               "policy_id": settings.get("policy_id")}.items() if v is not None}
-    return PingOneClient(PingOneSettings(environment_id=directory_id, **common, **ping))
+    return PingOneClient(PingOneSettings.from_values(environment_id=directory_id, **common, **ping))
 
 
 ClientFactory = Callable[..., Any]
@@ -738,3 +738,44 @@ class _suppressed:
         if exc is not None:
             log.warning("directory clean-up failed: %s", exc.__class__.__name__)
         return kind is not None and issubclass(kind, Exception)
+
+
+def has_pending(store: Store) -> bool:
+    """Whether any enrollment waits for its registration (before the directory key is opened)."""
+    with store._tx() as conn:
+        return conn.execute(select(directory_enrollments.c.id).where(
+            directory_enrollments.c.state == "pending").limit(1)).first() is not None
+
+
+class RegistrationLoop:
+    """`station serve`'s background pass over pending registrations, every `interval` seconds,
+    stopped cleanly by `stop()` (the pass in progress finishes its current call)."""
+
+    def __init__(self, store: Store, make: Callable[[], Directories], *, interval: float = 10.0) -> None:
+        import threading
+
+        self.store, self.make, self.interval = store, make, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="directory-registrations", daemon=True)
+        self.passes = 0
+
+    def start(self) -> RegistrationLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if has_pending(self.store):
+                    done = self.make().register_pending()
+                    if done.total:
+                        log.info("directory registrations: %d registered, %d refused, %d retried later, "
+                                 "%d failed at the factory", len(done.registered), len(done.refused),
+                                 len(done.throttled), len(done.failed))
+            except StationError as exc:  # the database or the key is away: next round
+                log.warning("directory registrations: %s", exc.code)
+            self.passes += 1
