@@ -557,10 +557,13 @@ def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, 
 @click.option("--pingone-auth-url", envvar="STATION_PINGONE_AUTH_URL", help="PingOne's auth service (token host).")
 @click.option("--customer-config", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The customer TOML ([okta], [graph], [pingone]) with the credentials for those servers.")
+@click.option("--directory", type=click.Choice(["entra", "pingone"]),
+              help="The directory-connected model instead: the service enrolls a group of the customer's "
+                   "(stand-in) Entra ID or PingOne itself, registers the keys there, the users sign in.")
 @fail_cleanly
 def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool, keep: Path | None,
          okta_url: str | None, graph_url: str | None, login_url: str | None, pingone_url: str | None,
-         pingone_auth_url: str | None, customer_config: Path | None) -> None:
+         pingone_auth_url: str | None, customer_config: Path | None, directory: str | None) -> None:
     """The full pre-registration round trip on this machine, with virtual keys (exit 0 only if
     every key was verified and used to sign in)."""
     from station.console import run_demo_live
@@ -569,7 +572,7 @@ def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool, k
     ok = run_demo_live(DemoOptions(keys=keys, transport=transport, profile=profile, slots=slots, workdir=keep,
                                    okta_url=okta_url, graph_url=graph_url, login_url=login_url,
                                    pingone_url=pingone_url, pingone_auth_url=pingone_auth_url,
-                                   customer_config=customer_config),
+                                   customer_config=customer_config, directory=directory),
                        show_pins=show_pins)
     sys.exit(0 if ok else 1)
 
