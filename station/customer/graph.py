@@ -202,6 +202,7 @@ class GraphClient(ProviderClient):
     def __repr__(self) -> str:
         return f"GraphClient({self.settings.url!r}, tenant {self.settings.tenant_id!r})"
 
+    _error = GraphError
     _refusal = staticmethod(lambda response, what: _graph_error(response, what))
     _prefix = "/beta"
     _v1 = "/v1.0"

@@ -247,6 +247,7 @@ class ProviderClient:
     _prefix = ""
     _http: ProviderHttp
     _closables: tuple = ()
+    _error: type[ProviderError] = ProviderError  # the provider's own error class
 
     def close(self) -> None:
         self._http.close()
@@ -311,7 +312,7 @@ class ProviderClient:
 
         base, other = urlsplit(str(self._http.http.base_url)), urlsplit(link)
         if (other.scheme, other.netloc) != (base.scheme, base.netloc):
-            raise ProviderError(f"{self._http.name} answered {what} with a next link to another host "
+            raise self._error(f"{self._http.name} answered {what} with a next link to another host "
                                 f"({other.netloc or 'none'}); not followed", code="idp_unexpected_answer")
         return link
 

@@ -152,14 +152,17 @@ def attestation_json(credential: dict) -> str:
         return base64.b64encode(websafe_decode(value)).decode("ascii")
 
     response = credential["response"]
-    return json.dumps({
+    body = {
         "id": credential["id"],
         "type": "public-key",
         "rawId": std(credential.get("rawId", credential["id"])),
         "response": {"clientDataJSON": std(response["clientDataJSON"]),
                      "attestationObject": std(response["attestationObject"])},
         "clientExtensionResults": dict(credential.get("clientExtensionResults") or {}),
-    }, separators=(",", ":"))
+    }
+    if credential.get("authenticatorAttachment") in ("platform", "cross-platform"):
+        body["authenticatorAttachment"] = credential["authenticatorAttachment"]  # the browser's JSON has it (WebAuthn L3 §5.1)
+    return json.dumps(body, separators=(",", ":"))
 
 
 def _read_ping_error(body) -> tuple[str, str, list[str], str | None] | None:
@@ -219,6 +222,7 @@ class PingOneClient(ProviderClient):
     def __repr__(self) -> str:
         return f"PingOneClient({self.settings.api_base!r}, environment {self.settings.environment_id!r})"
 
+    _error = PingOneError
     _refusal = staticmethod(lambda response, what: _ping_error(response, what))
 
     # -- the directory --------------------------------------------------------------------------------
