@@ -3,7 +3,7 @@ service answers. No answer ever carries the client secret or a private key."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictStr, model_validator
 
@@ -96,10 +96,13 @@ class DeleteConfirmation(BaseModel):
     confirm: StrictStr | None = None
 
 
+UserRef = Annotated[StrictStr, Field(min_length=1, max_length=320, pattern=r"^\S(.*\S)?$")]
+
+
 class EnrollRequest(_Body):
     """Whom to enroll: users by UPN/username or id, or the members of one group."""
 
-    users: list[StrictStr] | None = Field(None, min_length=1, max_length=500)
+    users: list[UserRef] | None = Field(None, min_length=1, max_length=500)
     group: StrictStr | None = Field(None, min_length=1, max_length=256)
 
     @model_validator(mode="after")
@@ -110,7 +113,7 @@ class EnrollRequest(_Body):
 
 
 class PreflightRequest(_Body):
-    users: list[StrictStr] | None = Field(None, max_length=500)
+    users: list[UserRef] | None = Field(None, max_length=500)
     group: StrictStr | None = Field(None, min_length=1, max_length=256)
 
 

@@ -73,6 +73,8 @@ DEFAULT_CHALLENGE_MINUTES = 7 * 24 * 60
 PIN_LENGTH = 6
 #: when a directory could not be reached or answered 5xx, the pass tries again this much later
 RETRY_UNREACHABLE_SECONDS = 60.0
+#: how long one pass holds an enrollment it is registering
+REGISTRATION_LEASE_SECONDS = 120.0
 PRODUCT = {"product_id": 29, "inventory_product_id": 18, "product_quantity": 1, "customization_id": "DIRECTORY"}
 
 
@@ -439,7 +441,7 @@ class Directories:
                     client, row.owner, row.name, actor, "options", who,
                     lambda: client.create_fido2_device(user["id"], rp_id=settings.get("rp_id"),
                                                        policy_id=settings.get("policy_id")),
-                    method=lambda answer: answer[0].get("id"))
+                    method=lambda answer: answer[0].get("id"), status=201)
                 device_id = device["id"]
                 not_after = None
                 origin = f"https://{public_key['rp']['id']}"  # PingOne: the FIDO2 policy's relying party
@@ -530,6 +532,8 @@ class Directories:
                 self._settle(enrollment, "failed", message="the factory could not program this key")
                 done.failed.append(enrollment.shipment_id)
                 continue
+            if not self._take(enrollment, now):
+                continue  # another pass (`station serve`'s, a CLI's) has it
             outcome = self._register_one(config, enrollment, now)
             getattr(done, outcome).append(enrollment.shipment_id)
         return done
@@ -558,7 +562,7 @@ class Directories:
             if config.kind == "entra":
                 answer = self._audited(client, config.owner, config.name, "service", "register", who,
                                        lambda: client.register(enrollment.user_id, name, credential),
-                                       method=lambda a: a.get("id"))
+                                       method=lambda a: a.get("id"), status=201)
             else:
                 answer = self._audited(client, config.owner, config.name, "service", "register", who,
                                        lambda: client.activate_fido2_device(enrollment.user_id, enrollment.device_id,
@@ -579,6 +583,17 @@ class Directories:
             client.close()
         self._settle(enrollment, "registered", method_id=answer.get("id"), message=None)
         return "registered"
+
+    def _take(self, enrollment, now: float) -> bool:
+        """Lease the enrollment to this pass for REGISTRATION_LEASE_SECONDS (compare-and-set on
+        its retry time), so two passes never register one credential twice; a pass that dies
+        mid-way leaves it to the next one after the lease."""
+        with self.store._tx() as conn:
+            taken = conn.execute(update(directory_enrollments).where(
+                directory_enrollments.c.id == enrollment.id, directory_enrollments.c.state == "pending",
+                directory_enrollments.c.next_attempt.is_(None) | (directory_enrollments.c.next_attempt <= now))
+                .values(next_attempt=now + REGISTRATION_LEASE_SECONDS))
+        return taken.rowcount == 1
 
     def _later(self, enrollment, when: float, message: str) -> None:
         with self.store._tx() as conn:
@@ -605,7 +620,8 @@ class Directories:
 
     # -- audit ---------------------------------------------------------------------------------
     def _audited(self, client, owner: str, name: str, actor: str, action: str, target: str | None,
-                 call: Callable[[], Any], *, method: Callable[[Any], str | None] | None = None) -> Any:
+                 call: Callable[[], Any], *, method: Callable[[Any], str | None] | None = None,
+                 status: int = 200) -> Any:
         """`call()` (one directory call), recorded in the audit with its outcome, HTTP status,
         correlation id and the directory's message."""
         try:
@@ -619,7 +635,7 @@ class Directories:
             raise
         with self.store._tx() as conn:
             self._audit(conn, owner, actor, name, action, target_user=target, outcome="ok",
-                        method_id=method(answer) if method else None, http_status=200,
+                        method_id=method(answer) if method else None, http_status=status,
                         correlation=correlation_id(client))
         return answer
 
