@@ -280,10 +280,10 @@ class GraphClient(ProviderClient):
             who="Graph", what="the groups search")
         groups = body["value"]
         if not groups:
-            raise GraphError(f"no group named {group_name!r} in the tenant (Entra admin center → Groups → "
+            raise self._fail(f"no group named {group_name!r} in the tenant (Entra admin center → Groups → "
                              "All groups shows its exact display name)", code="graph_group_not_found")
         if len(groups) > 1:
-            raise GraphError(f"{len(groups)} groups are named {group_name!r}; rename all but one in the Entra "
+            raise self._fail(f"{len(groups)} groups are named {group_name!r}; rename all but one in the Entra "
                              "admin center → Groups, or give the users one by one", code="graph_group_ambiguous")
         return groups[0]
 

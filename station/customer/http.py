@@ -305,6 +305,11 @@ class ProviderClient:
                                 correlation_id=self.last_correlation_id)
         return body
 
+    def _fail(self, message: str, **kw: Any) -> ProviderError:
+        """The provider's error for what its answer means (no such group, two of them...),
+        with the correlation id of the call that answered."""
+        return self._error(message, correlation_id=self.last_correlation_id, **kw)
+
     def _same_origin(self, link: str, what: str) -> str:
         """A next link the provider returned, only if it points at the provider itself: the
         bearer token is never sent anywhere else."""
@@ -312,7 +317,7 @@ class ProviderClient:
 
         base, other = urlsplit(str(self._http.http.base_url)), urlsplit(link)
         if (other.scheme, other.netloc) != (base.scheme, base.netloc):
-            raise self._error(f"{self._http.name} answered {what} with a next link to another host "
+            raise self._fail(f"{self._http.name} answered {what} with a next link to another host "
                                 f"({other.netloc or 'none'}); not followed", code="idp_unexpected_answer")
         return link
 

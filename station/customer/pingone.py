@@ -247,7 +247,7 @@ class PingOneClient(ProviderClient):
         found = self._page("/users", f"the search for user {user!r}",
                            {"filter": f"username eq {_filter_string(user)}"}, "users")["_embedded"]["users"]
         if not found:
-            raise PingOneError(f"no user with username {user!r} in the environment (PingOne admin console → "
+            raise self._fail(f"no user with username {user!r} in the environment (PingOne admin console → "
                                "Directory → Users)", code="pingone_user_not_found", status=404)
         return _person(found[0])
 
@@ -260,10 +260,10 @@ class PingOneClient(ProviderClient):
         groups = self._page("/groups", f"the search for group {group_name!r}",
                             {"filter": f"name eq {_filter_string(group_name)}"}, "groups")["_embedded"]["groups"]
         if not groups:
-            raise PingOneError(f"no group named {group_name!r} in the environment (PingOne admin console → "
+            raise self._fail(f"no group named {group_name!r} in the environment (PingOne admin console → "
                                "Directory → Groups shows its exact name)", code="pingone_group_not_found")
         if len(groups) > 1:
-            raise PingOneError(f"{len(groups)} groups are named {group_name!r}; rename all but one in the PingOne "
+            raise self._fail(f"{len(groups)} groups are named {group_name!r}; rename all but one in the PingOne "
                                "admin console → Directory → Groups, or give the users one by one",
                                code="pingone_group_ambiguous")
         what = f"the members of group {group_name!r}"
@@ -286,7 +286,7 @@ class PingOneClient(ProviderClient):
         policies = self._page("/fido2Policies", "the FIDO policies list", None, "fido2Policies")
         defaults = [p for p in policies["_embedded"]["fido2Policies"] if isinstance(p, dict) and p.get("default")]
         if not defaults:
-            raise PingOneError("the environment has no default FIDO policy (PingOne admin console → "
+            raise self._fail("the environment has no default FIDO policy (PingOne admin console → "
                                "Authentication → FIDO: mark one as default, or configure the policy id)",
                                code="pingone_no_fido_policy")
         return checked(_FidoPolicy, defaults[0], who="PingOne", what="the FIDO policies list")
@@ -295,7 +295,7 @@ class PingOneClient(ProviderClient):
         body = self._call("GET", path, what, params=params)
         embedded = body.get("_embedded") if isinstance(body, dict) else None
         if not isinstance(embedded, dict) or not isinstance(embedded.get(kind, []), list):
-            raise PingOneError(f"PingOne answered {what} without _embedded.{kind}", code="idp_unexpected_answer")
+            raise self._fail(f"PingOne answered {what} without _embedded.{kind}", code="idp_unexpected_answer")
         embedded.setdefault(kind, [])
         return body
 
