@@ -345,12 +345,21 @@ def test_pingone_expired_activation_is_a_directory_refusal(dirs, ping, store, ke
     assert store.get_shipment(OWNER, enrollment["shipment_id"]).state is ShipmentState.PROCESSING_ERROR
 
 
-def test_deleting_a_configuration_cancels_its_pending_registrations(dirs, entra, store, keystore, tmp_path):
+def test_deleting_a_configuration_withdraws_its_queued_keys_and_refuses_programmed_ones(
+        dirs, entra, store, keystore, tmp_path):
     _add_entra(dirs, entra, pin_delivery_key(), aaguids=[YUBIKEY_5])
     dirs.enroll(OWNER, "Contoso", users=["ada@contoso.com"], actor=ACTOR)
+    programmed = dirs.enrollments(OWNER, "Contoso")[0]["shipment_id"]
     Station(store, keystore, tmp_path).program_all()
+    dirs.enroll(OWNER, "Contoso", users=["grace@contoso.com"], actor=ACTOR)
+    queued = dirs.enrollments(OWNER, "Contoso")[1]["shipment_id"]
     dirs.delete(OWNER, "Contoso", "permanently delete", actor=ACTOR)
-    assert dirs.register_pending().total == 0
+    with pytest.raises(NotFound):
+        store.get_shipment(OWNER, queued)  # no station will program a key nobody can register
+    assert store.counts()["queued"] == 0
+    assert dirs.register_pending().refused == [programmed]
+    shipment = store.get_shipment(OWNER, programmed)
+    assert shipment.state is ShipmentState.PROCESSING_ERROR and "deleted" in shipment.items[0].result["error_message"]
 
 
 def test_no_secret_token_or_pin_in_the_audit_or_the_logs(dirs, entra, store, keystore, tmp_path, caplog):

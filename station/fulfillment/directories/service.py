@@ -327,18 +327,28 @@ class Directories:
         return self.get(owner, new_name)
 
     def delete(self, owner: str, name: str, confirm: str | None, *, actor: str) -> None:
-        """Delete, once the customer typed the confirmation text; its pending enrollments are
-        cancelled (their keys are not registered)."""
+        """Delete, once the customer typed the confirmation text. Its enrollments whose key no
+        station has taken yet go with it (their shipments are deleted); a key already being
+        programmed can no longer be registered: the next pass fails its item
+        `directory_refused`, so it is reset, not shipped."""
         if confirm != CONFIRMATION:
             raise ConfirmationRequired(f'type "{CONFIRMATION}" to delete the directory configuration {name!r}; '
                                        "nothing was deleted", error_data={"confirm": CONFIRMATION})
         row = self._found(owner, name)
         with self.store._tx() as conn:
-            conn.execute(update(directory_enrollments).where(
-                directory_enrollments.c.config_id == row.id, directory_enrollments.c.state == "pending")
-                .values(state="cancelled", message="the directory configuration was deleted", updated=self.clock()))
+            pending = conn.execute(select(directory_enrollments.c.id, directory_enrollments.c.shipment_id).where(
+                directory_enrollments.c.config_id == row.id, directory_enrollments.c.state == "pending")).all()
             conn.execute(delete(directory_configs).where(directory_configs.c.id == row.id))
             self._audit(conn, owner, actor, name, "delete", outcome="ok")
+        for enrollment in pending:
+            try:
+                self.store.delete_shipment(owner, enrollment.shipment_id)
+            except (Conflict, NotFound):
+                continue  # a station has it: the pass refuses it once programmed
+            with self.store._tx() as conn:
+                conn.execute(update(directory_enrollments).where(directory_enrollments.c.id == enrollment.id)
+                             .values(state="cancelled", message="the directory configuration was deleted",
+                                     next_attempt=None, updated=self.clock()))
 
     # -- pre-flight --------------------------------------------------------------------------
     def preflight(self, owner: str, name: str, *, users: list[str] | None = None, group: str | None = None,
@@ -526,7 +536,9 @@ class Directories:
             with self.store._tx() as conn:
                 config = conn.execute(select(directory_configs).where(
                     directory_configs.c.id == enrollment.config_id)).first()
-            if config is None:
+            if config is None:  # deleted while its key was being programmed
+                self._refuse(enrollment, "the directory configuration was deleted before the key was registered")
+                done.refused.append(enrollment.shipment_id)
                 continue
             if enrollment.item_state == ItemState.FAILED.value:  # the factory could not make the key
                 self._settle(enrollment, "failed", message="the factory could not program this key")
