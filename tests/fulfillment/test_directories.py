@@ -376,3 +376,19 @@ def test_no_secret_token_or_pin_in_the_audit_or_the_logs(dirs, entra, store, key
     pin = open_pin(product, pin_key, enrollment["pin_request"], keystore.jwks("signing")).reveal()
     text = json.dumps(dirs.audit(OWNER, "Contoso")) + caplog.text
     assert entra.secret not in text and pin not in text and "Bearer" not in text
+
+
+def test_configurations_enrollments_and_registration_on_both_backends(db_url, keystore, entra, tmp_path):
+    """The same round on SQLite and PostgreSQL (the tables come from the migration step on an
+    older database, test_migrations.py)."""
+    store = Store.open(db_url)
+    try:
+        dirs = Directories(store, open_box(tmp_path / "k.key"), PublishedKeys.of_store(keystore.path))
+        _add_entra(dirs, entra, pin_delivery_key(), aaguids=[YUBIKEY_5])
+        assert [o.outcome for o in dirs.enroll(OWNER, "Contoso", users=["ada@contoso.com"], actor=ACTOR)[1]] == [
+            "enrolled"]
+        Station(store, keystore, tmp_path).program_all()
+        assert len(dirs.register_pending().registered) == 1
+        assert dirs.enrollments(OWNER, "Contoso")[0]["state"] == "registered"
+    finally:
+        store.close()

@@ -123,3 +123,27 @@ def test_enroll_then_register_pending_and_ship_refuses_a_refused_key(setup, keys
     assert throttled.exit_code == 0 and "retried later 1" in throttled.output
     audit = _run("audit", *setup.common, "Contoso")
     assert "throttled" in audit.output and "429" in audit.output
+
+
+def test_station_ship_refuses_a_key_its_directory_refused(setup, keystore, tmp_path, monkeypatch):
+    import time
+
+    import station.standins.graph as graph_standin
+
+    _add(setup, "--challenge-timeout-minutes", "5")
+    _run("enroll", *setup.common, "--jwks", str(setup.jwks), "Contoso", "--user", "grace@contoso.com")
+    store = Store.open(setup.db)
+    try:
+        Station(store, keystore, tmp_path).program_all()
+    finally:
+        store.close()
+    monkeypatch.setattr(graph_standin, "time", types.SimpleNamespace(time=lambda: time.time() + 3600,
+                                                                    monotonic=time.monotonic, sleep=time.sleep))
+    refused = _run("register-pending", "--db", setup.db, "--directory-key", str(setup.tmp / "dir.key"),
+                   "--jwks", str(setup.jwks))
+    assert refused.exit_code == 0 and "refused 1" in refused.output and "station reset" in refused.output
+    shipment_id = _run("enrollments", *setup.common, "Contoso").output.split("\t")[1]
+    shipped = CliRunner().invoke(cli, ["ship", shipment_id, "--tracking", "1Z999AA10123456784", "--db", setup.db])
+    assert shipped.exit_code == 1
+    assert shipped.output.startswith("directory_refused:") and "station reset" in shipped.output
+    assert "Do not ship" in shipped.output
