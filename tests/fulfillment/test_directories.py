@@ -392,3 +392,21 @@ def test_configurations_enrollments_and_registration_on_both_backends(db_url, ke
         assert dirs.enrollments(OWNER, "Contoso")[0]["state"] == "registered"
     finally:
         store.close()
+
+
+def test_the_background_pass_registers_and_stops_cleanly(dirs, entra, store, keystore, tmp_path):
+    """`station serve`'s thread: it finds the programmed key, registers it, and stops when asked."""
+    from station.fulfillment.directories.service import RegistrationLoop
+
+    _add_entra(dirs, entra, pin_delivery_key(), aaguids=[YUBIKEY_5])
+    dirs.enroll(OWNER, "Contoso", users=["ada@contoso.com"], actor=ACTOR)
+    loop = RegistrationLoop(store, lambda: dirs, interval=0.05).start()
+    try:
+        Station(store, keystore, tmp_path).program_all()
+        deadline = time.monotonic() + 60
+        while dirs.enrollments(OWNER, "Contoso")[0]["state"] == "pending" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        loop.stop()
+    assert not loop._thread.is_alive()
+    assert dirs.enrollments(OWNER, "Contoso")[0]["state"] == "registered"
