@@ -59,6 +59,8 @@ def register(cli: click.Group, db_option, fail_cleanly) -> None:
     @click.option("--policy-id", help="PingOne: the FIDO2 policy (default: the environment's default).")
     @click.option("--challenge-timeout-minutes", type=click.IntRange(5, 43200),
                   help="Entra: how long a creationOptions challenge lives (default 7 days).")
+    @click.option("--aaguid", "aaguids", multiple=True,
+                  help="A model (AAGUID) this tenant orders; repeatable (default: every model the factory ships).")
     @click.option("--graph-url", help="Entra: Microsoft Graph (default https://graph.microsoft.com).")
     @click.option("--login-url", help="Entra: the identity platform (default https://login.microsoftonline.com).")
     @click.option("--api-url", help="PingOne: the API (default https://api.pingone.REGION).")
@@ -66,7 +68,7 @@ def register(cli: click.Group, db_option, fail_cleanly) -> None:
     @fail_cleanly
     def add(db_url, tenant_id, directory_key, kind, name, directory_tenant, environment_id, region, client_id,
             secret_file, secret_stdin, pin_key_file, address_file, rp_id, policy_id, challenge_timeout_minutes,
-            graph_url, login_url, api_url, auth_url) -> None:
+            aaguids, graph_url, login_url, api_url, auth_url) -> None:
         """NEW: verify the values with the directory (a token, one user read), then store them."""
         from station.fulfillment.directories.models import DirectoryCreate
 
@@ -78,7 +80,7 @@ def register(cli: click.Group, db_option, fail_cleanly) -> None:
             "pin_delivery_key": _json_file(pin_key_file, "--pin-delivery-key"),
             "default_address": _json_file(address_file, "--default-address") if address_file else None,
             "endpoints": endpoints or None, "rp_id": rp_id, "policy_id": policy_id,
-            "challenge_timeout_minutes": challenge_timeout_minutes})
+            "challenge_timeout_minutes": challenge_timeout_minutes, "aaguids": list(aaguids) or None})
         with _service(db_url, directory_key) as dirs:
             config = dirs.add(_owner(tenant_id), body, actor=_actor())
         click.echo(f"added {config.kind} directory configuration {config.name!r}: the connection was verified")
@@ -190,6 +192,8 @@ def register(cli: click.Group, db_option, fail_cleanly) -> None:
                 click.echo("preflight_blocked: nothing was enrolled, no key will be programmed", err=True)
                 sys.exit(1)
         _print_findings(findings)
+        if not outcomes:
+            click.echo("nobody to enroll: the group has no user members", err=True)
         for o in outcomes:
             click.echo(f"{o.user}\t{o.outcome}\t{o.shipment_id or ''}\t{o.message or ''}".rstrip())
         if not outcomes or any(o.outcome == "failed" for o in outcomes):

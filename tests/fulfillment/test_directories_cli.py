@@ -108,7 +108,7 @@ def test_enroll_refuses_on_a_block_and_prints_every_finding(setup):
 
 
 def test_enroll_then_register_pending_and_ship_refuses_a_refused_key(setup, keystore, tmp_path):
-    _add(setup, "--challenge-timeout-minutes", "5")
+    _add(setup, "--challenge-timeout-minutes", "5", "--aaguid", YUBIKEY_5)
     enroll = _run("enroll", *setup.common, "--jwks", str(setup.jwks), "Contoso", "--user", "ada@contoso.com")
     assert enroll.exit_code == 0, enroll.output
     assert "enrolled" in enroll.output

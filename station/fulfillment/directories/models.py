@@ -59,7 +59,8 @@ class DirectoryCreate(_Body):
     policy_id: StrictStr | None = Field(None, max_length=100, description="PingOne: the FIDO2 policy")
     challenge_timeout_minutes: int | None = Field(None, ge=5, le=43200,
                                                   description="Entra: creationOptions challenge lifetime")
-    aaguids: list[StrictStr] | None = Field(None, max_length=64,
+    aaguids: list[Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]] | None = Field(
+        None, min_length=1, max_length=64,
                                             description="The models this tenant orders (default: every model shipped)")
 
     @model_validator(mode="after")
