@@ -136,3 +136,38 @@ def test_preflight_and_enroll_over_http(service, entra):
         assert len(api.get("/v1/directories/Contoso/enrollments").json()["enrollments"]) == 2
         actions = [a["action"] for a in api.get("/v1/directories/Contoso/audit").json()["audit"]]
         assert actions.count("options") == 2
+
+
+def test_a_refused_registration_shows_in_get_shipment_and_on_the_operators_failed_items(
+        service, entra, keystore, tmp_path, monkeypatch):
+    import time
+
+    import station.standins.graph as graph_standin
+    from station.fulfillment.directories.sealing import open_box
+    from station.fulfillment.directories.service import Directories
+    from station.protocol.keys import PublishedKeys
+    from tests.fulfillment.directories_helpers import Station
+
+    with _api(service) as api:
+        api.post("/v1/directories", json=entra_body(entra.standin, entra.url, entra.client_id, entra.secret,
+                                                    pin_delivery_key(), aaguids=[YUBIKEY_5],
+                                                    challenge_timeout_minutes=5))
+        shipment_id = api.post("/v1/directories/Contoso/enrollments",
+                               json={"users": ["ada@contoso.com"]}).json()["users"][0]["shipment_id"]
+        Station(service.store, keystore, tmp_path).program_all()
+        monkeypatch.setattr(graph_standin, "time", types.SimpleNamespace(
+            time=lambda: time.time() + 3600, monotonic=time.monotonic, sleep=time.sleep))
+        dirs = Directories(service.store, open_box(tmp_path / "state" / "directory-secrets.key"),
+                           PublishedKeys.of_store(keystore.path))
+        assert len(dirs.register_pending().refused) == 1
+        shipment = api.get(f"/v1/fpr/shipments/{shipment_id}").json()
+        assert shipment["shipment_state"]["shipment_state_id"] == 8
+        error = shipment["shipment_items"][0]["product_data"][0]
+        assert error["error_code"] == "directory_refused" and "expired" in error["error_message"]
+        enrollment = api.get("/v1/directories/Contoso/enrollments").json()["enrollments"][0]
+        assert enrollment["state"] == "refused" and "expired" in enrollment["message"]
+    operator = service.store.create_token(Role.OPERATOR, "jane")
+    failed = httpx.get(f"{service.url}/v1/operator/items/failed", headers={"Authorization": f"Bearer {operator}"})
+    assert failed.status_code == 200
+    row = next(f for f in failed.json() if f["shipment_id"] == shipment_id)
+    assert row["error_code"] == "directory_refused" and "do not ship" in row["what_to_do"]
