@@ -374,8 +374,9 @@ class Directories:
         if row.kind == "entra":
             policy = self._audited(client, row.owner, row.name, actor, "preflight", None, client.fido2_policy)
             groups = None
+            # the findings name the users by their keys here: UPNs read better than object ids
             if targets:
-                groups = {u["id"]: self._audited(client, row.owner, row.name, actor, "preflight", _user_name(u),
+                groups = {_user_name(u): self._audited(client, row.owner, row.name, actor, "preflight", _user_name(u),
                                                  lambda u=u: client.user_group_ids(u["id"])) for u in targets}
             found = entra_findings(policy, self._aaguids(row), groups)
         else:
