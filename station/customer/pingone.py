@@ -160,8 +160,6 @@ def attestation_json(credential: dict) -> str:
                      "attestationObject": std(response["attestationObject"])},
         "clientExtensionResults": dict(credential.get("clientExtensionResults") or {}),
     }
-    if credential.get("authenticatorAttachment") in ("platform", "cross-platform"):
-        body["authenticatorAttachment"] = credential["authenticatorAttachment"]  # the browser's JSON has it (WebAuthn L3 §5.1)
     return json.dumps(body, separators=(",", ":"))
 
 
