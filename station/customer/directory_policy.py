@@ -184,3 +184,42 @@ def pingone_findings(policy: dict, aaguids: list[str]) -> list[Finding]:
             f"{where}: set User verification to Required (or Preferred), so that signing in asks for the key's "
             "PIN that we send the user.")))
     return findings
+
+
+# -- a refused connection, in plain words ---------------------------------------------------------------
+
+ENTRA_PERMISSIONS = ("User.Read.All", "Group.Read.All", "UserAuthenticationMethod.ReadWrite.All",
+                     "Policy.Read.AuthenticationMethod")
+PINGONE_ROLES = ("Identity Data Admin", "Environment Admin")
+
+
+def explain_refusal(kind: str, error: Exception) -> str:
+    """What the administrator must change when the directory refused our application (Test
+    Connection, ADD): a wrong id or secret, a missing permission or role. `kind` is "entra" or
+    "pingone"; any other error keeps its own message."""
+    from station.customer.http import Forbidden, ProviderUnreachable, TokenRefused
+
+    if isinstance(error, ProviderUnreachable) or getattr(error, "code", None) == "idp_unreachable":
+        return f"The directory could not be reached: {getattr(error, 'message', error)}"
+    if kind == "entra":
+        if isinstance(error, TokenRefused):
+            if error.status == 401:
+                return ("Entra refused the client secret. In the Microsoft Entra admin center → App registrations → "
+                        "the application → Certificates & secrets, create a new client secret and enter its Value "
+                        "(not its Secret ID) here.")
+            return ("Entra does not know this tenant ID or client ID. In the Microsoft Entra admin center → App "
+                    "registrations → the application → Overview, copy the Directory (tenant) ID and the "
+                    "Application (client) ID.")
+        if isinstance(error, Forbidden):
+            return ("The application lacks a Microsoft Graph permission, or its admin consent. In the Microsoft Entra "
+                    "admin center → App registrations → the application → API permissions, add the Application "
+                    f"permissions {', '.join(ENTRA_PERMISSIONS)}, then select Grant admin consent.")
+    elif kind == "pingone":
+        if isinstance(error, TokenRefused):
+            return ("PingOne refused the worker application's credentials. In the PingOne admin console → "
+                    "Applications → the worker application → Configuration, check the Client ID, that the token "
+                    "endpoint authentication method is Client Secret Post, and copy the Client Secret again.")
+        if isinstance(error, Forbidden):
+            return ("The worker application lacks a role. In the PingOne admin console → Applications → the worker "
+                    f"application → Roles, grant {' and '.join(PINGONE_ROLES)} for this environment.")
+    return getattr(error, "message", None) or str(error)

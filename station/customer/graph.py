@@ -10,10 +10,17 @@
   with exactly `{displayName, publicKeyCredential: {id, response: {clientDataJSON,
   attestationObject}, clientExtensionResults}}`, whatever else the RegistrationResponseJSON holds.
 - `list_methods`, `delete_method`: the user's fido2Methods.
+- The directory (v1.0), for directory-connected provisioning: `verify()` (a token and `GET
+  /users?$top=1`), `get_user(id | userPrincipalName)`, `group_members(displayName)` (every
+  `@odata.nextLink` followed, only to Graph's own host), `user_group_ids(id)` (getMemberGroups,
+  transitive) and `fido2_policy()` (the Passkey (FIDO2) authentication method configuration).
+- Every call sends a fresh `client-request-id`; `last_correlation_id` is Graph's `request-id` of
+  the last answer (one client per thread if several threads need their own ids).
 
 Graph's error object `{"error": {"code", "message", "innerError"}}` becomes `GraphError`; 429
 becomes `GraphThrottled` once the Retry-After waits allowed are used; 405 (an administrator
-provisioning their own account: self-service is not supported) is `SelfServiceNotSupported`.
+provisioning their own account: self-service is not supported) is `SelfServiceNotSupported`;
+403 (a missing application permission or admin consent) is `GraphForbidden`.
 """
 
 from __future__ import annotations

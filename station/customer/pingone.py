@@ -10,10 +10,15 @@
   content type `application/vnd.pingidentity.device.activate+json` and `{"origin", "attestation"}`,
   the attestation being `attestation_json(credential)`.
 - `list_devices`, `delete_device`.
+- The directory: `verify()` (a token and `GET /users?limit=1`), `get_user(id | username)`,
+  `group_members(name)` (`filter=memberOfGroups[id eq "..."]`, every `_links.next` followed,
+  only to PingOne's own host), `fido_policy(id | None)` (the given FIDO policy or the default).
+- Every call sends a fresh `client-request-id`; `last_correlation_id` is PingOne's
+  `Correlation-Id` of the last answer.
 
 PingOne's error object `{id, code, message, details[{code, target, message}]}` becomes
 `PingOneError`; 429 (REQUEST_LIMITED) becomes `PingOneThrottled` once the Retry-After waits
-allowed are used.
+allowed are used; 403 (a role the worker app lacks) becomes `PingOneForbidden`.
 """
 
 from __future__ import annotations
@@ -160,8 +165,6 @@ def attestation_json(credential: dict) -> str:
                      "attestationObject": std(response["attestationObject"])},
         "clientExtensionResults": dict(credential.get("clientExtensionResults") or {}),
     }
-    if credential.get("authenticatorAttachment") in ("platform", "cross-platform"):
-        body["authenticatorAttachment"] = credential["authenticatorAttachment"]  # the browser's JSON has it (WebAuthn L3 §5.1)
     return json.dumps(body, separators=(",", ":"))
 
 

@@ -602,6 +602,15 @@ def create_app(standin: GraphStandin):
 
     base = lambda request: str(request.base_url).rstrip("/")  # noqa: E731
 
+    async def json_body(request: Request):
+        """The JSON body of a POST or PATCH: application/json only (415 otherwise)."""
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise GraphRefusal(415, "BadRequest", "Content-Type must be application/json.")
+        try:
+            return json.loads(await request.body())
+        except ValueError:
+            raise GraphRefusal(400, "BadRequest", "The request body is not valid JSON.") from None
+
     for version in ("/v1.0", "/beta"):
         @app.get(version + "/users")
         def list_users(request: Request):
@@ -627,10 +636,7 @@ def create_app(standin: GraphStandin):
             user = standin.find_user(key)
             if user is None:
                 raise not_found(key)
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                raise GraphRefusal(400, "BadRequest", "The request body is not valid JSON.") from None
+            body = await json_body(request)
             if not isinstance(body, dict) or not isinstance(body.get("securityEnabledOnly"), bool):
                 raise GraphRefusal(400, "BadRequest", "securityEnabledOnly is required (a Boolean).")
             for name in body:
@@ -678,12 +684,7 @@ def create_app(standin: GraphStandin):
         @app.patch(f"{version}/{POLICY_PATH}")
         async def patch_policy(request: Request):
             caller(request, POLICY_WRITE)
-            if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-                raise GraphRefusal(415, "BadRequest", "Content-Type must be application/json.")
-            try:
-                body = json.loads(await request.body())
-            except ValueError:
-                raise GraphRefusal(400, "BadRequest", "The request body is not valid JSON.") from None
+            body = await json_body(request)
             standin.set_fido2_policy(**body) if isinstance(body, dict) else _policy_patch(body)
             return Response(status_code=204)
 
@@ -739,13 +740,7 @@ def create_app(standin: GraphStandin):
         _kind, argument = method_path(rest)
         if argument is not None:
             raise GraphRefusal(405, "Request_BadRequest", "The HTTP method is not allowed on this resource.")
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise GraphRefusal(415, "BadRequest", "Content-Type must be application/json.")
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise GraphRefusal(400, "BadRequest", "The request body is not valid JSON.") from None
-        return JSONResponse(standin.register(user, body), status_code=201)
+        return JSONResponse(standin.register(user, await json_body(request)), status_code=201)
 
     @app.delete("/beta/users/{user_id}/authentication/{rest:path}")
     def delete(user_id: str, rest: str, request: Request):

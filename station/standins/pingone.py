@@ -367,6 +367,8 @@ class PingOneStandin:
             problem = "The policy requires direct attestation."
         elif policy.mds == "SPECIFIC" and credential.aaguid not in {a.lower() for a in policy.allowed_aaguids or []}:
             problem = f"The authenticator {credential.aaguid} is not allowed by the FIDO2 policy."
+        # PingOne's attestation string (its documented members) does not say the attachment; a
+        # credential that does not claim "platform" is taken for a roaming key.
         elif policy.authenticator_attachment == "PLATFORM" and registration.get("authenticatorAttachment") != "platform":
             problem = "The FIDO2 policy allows only platform authenticators."
         elif policy.authenticator_attachment == "CROSS_PLATFORM" and registration.get("authenticatorAttachment") == "platform":
@@ -568,6 +570,12 @@ def create_app(standin: PingOneStandin):
                               "or invalid.", [_detail("INVALID_VALUE", "cursor", "The cursor is not valid.")])
         return int(limit), int(cursor), params.get("filter")
 
+    def equals(text: str, attribute: str, close: str = "") -> str | None:
+        """The string of a SCIM `attribute eq "..."` filter (RFC 7644 §3.4.2.2), or None."""
+        match = re.fullmatch(r'\s*' + re.escape(attribute) + r'\s+eq\s+"((?:[^"\\]|\\.)*)"\s*'
+                             + re.escape(close) + r'\s*', text)
+        return re.sub(r"\\(.)", r"\1", match.group(1)) if match else None
+
     def bad_filter(text: str) -> PingRefusal:
         return PingRefusal(400, "INVALID_REQUEST", "The request could not be completed. The request was malformed or "
                            "invalid.", [_detail("INVALID_FILTER", "filter", f"The filter '{text}' is not supported.")])
@@ -588,13 +596,11 @@ def create_app(standin: PingOneStandin):
         limit, offset, text = page_params(request, {"filter", "limit", "cursor"})
         users = list(standin.users.values())
         if text is not None:
-            by_name = re.fullmatch(r'\s*username\s+eq\s+"((?:[^"\\]|\\.)*)"\s*', text)
-            by_group = re.fullmatch(r'\s*memberOfGroups\[\s*id\s+eq\s+"([^"]*)"\s*\]\s*', text)
-            if by_name:
-                wanted = re.sub(r"\\(.)", r"\1", by_name.group(1)).lower()
-                users = [u for u in users if u.username.lower() == wanted]
-            elif by_group:
-                group = standin.groups.get(by_group.group(1))
+            username, group_id = equals(text, "username"), equals(text, "memberOfGroups[id", "]")
+            if username is not None:
+                users = [u for u in users if u.username.lower() == username.lower()]
+            elif group_id is not None:
+                group = standin.groups.get(group_id)
                 members = set(group.members) if group else set()
                 users = [u for u in users if u.id in members]
             else:
@@ -611,10 +617,9 @@ def create_app(standin: PingOneStandin):
         limit, offset, text = page_params(request, {"filter", "limit", "cursor"})
         groups = list(standin.groups.values())
         if text is not None:
-            by_name = re.fullmatch(r'\s*name\s+eq\s+"((?:[^"\\]|\\.)*)"\s*', text)
-            if not by_name:
+            wanted = equals(text, "name")
+            if wanted is None:
                 raise bad_filter(text)
-            wanted = re.sub(r"\\(.)", r"\1", by_name.group(1))
             groups = [g for g in groups if g.name == wanted]
         return collection(request, "groups", [g.resource(env) for g in groups], limit, offset)
 

@@ -198,3 +198,39 @@ def test_pingone_findings_on_the_policy_pingone_returns(pingone):
                                allowed_aaguids=[YUBIKEY], authenticator_attachment="PLATFORM")
     assert codes(pingone_findings(pingone.client.fido_policy(pingone.settings.policy_id), [CRESCENDO])) == [
         ("block", "discoverable_discouraged"), ("block", "aaguid_not_allowed"), ("block", "platform_only")]
+
+
+# -- a refused connection -----------------------------------------------------------------------------------
+
+def test_refusals_are_explained_with_where_to_fix_them(graph, pingone):
+    from station.customer.directory_policy import explain_refusal
+    from station.customer.graph import GraphClient
+    from station.customer.http import ProviderUnreachable, TokenRefused
+    from station.customer.pingone import PingOneClient
+    from station.customer.settings import GraphSettings, PingOneSettings
+
+    def refusal(client):
+        with client, pytest.raises(Exception) as caught:
+            client.verify()
+        return caught.value
+
+    g = graph.settings.model_dump()
+    wrong = refusal(GraphClient(GraphSettings.from_values(**{**g, "client_secret": "nope"})))
+    assert isinstance(wrong, TokenRefused) and "Certificates & secrets" in explain_refusal("entra", wrong)
+    unknown = refusal(GraphClient(GraphSettings.from_values(**{**g, "client_secret": "x",
+                                                                 "client_id": "00000000-0000-0000-0000-000000000001"})))
+    assert "Application (client) ID" in explain_refusal("entra", unknown)
+    client_id, secret = graph.standin.add_client(roles=[])
+    forbidden = refusal(GraphClient(GraphSettings.from_values(**{**g, "client_id": client_id, "client_secret": secret})))
+    assert "Grant admin consent" in explain_refusal("entra", forbidden)
+
+    p = pingone.settings.model_dump()
+    wrong = refusal(PingOneClient(PingOneSettings.from_values(**{**p, "client_secret": "nope"})))
+    assert "Client Secret Post" in explain_refusal("pingone", wrong)
+    client_id, secret = pingone.standin.add_client(roles=[])
+    forbidden = refusal(PingOneClient(PingOneSettings.from_values(**{**p, "client_id": client_id,
+                                                                      "client_secret": secret})))
+    assert "Identity Data Admin and Environment Admin" in explain_refusal("pingone", forbidden)
+
+    down = ProviderUnreachable("Graph at http://127.0.0.1:9 cannot be reached (ConnectError)")
+    assert explain_refusal("entra", down).startswith("The directory could not be reached")

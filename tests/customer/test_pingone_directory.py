@@ -213,3 +213,26 @@ def test_the_correlation_id_is_pingone_s_answer_header(pingone):
         with pytest.raises(PingOneError) as missing:
             client.get_user("ghost@example.org")
         assert missing.value.correlation_id == recorder.exchanges[-1][1].headers["correlation-id"]
+
+
+@pytest.mark.parametrize("kind", ["graph", "pingone"])
+def test_the_demo_seed_has_a_group_of_all_its_users(kind):
+    from station.standins import DEMO_GROUP, demo_users, running, seed
+
+    with running(kind) as (standin, url):
+        seed(kind, standin, 3)
+        seed(kind, standin, 4)  # a second seed keeps one group, with every user
+        client_id, secret = standin.add_client()
+        if kind == "graph":
+            from station.customer.graph import GraphClient
+            from station.customer.settings import GraphSettings
+
+            client = GraphClient(GraphSettings.from_values(url=url, login_url=url, tenant_id=standin.tenant_id,
+                                                           client_id=client_id, client_secret=secret))
+        else:
+            client = PingOneClient(PingOneSettings.from_values(url=url, auth_url=url, client_id=client_id,
+                                                               environment_id=standin.environment_id,
+                                                               client_secret=secret))
+        with client:
+            members = client.group_members(DEMO_GROUP)
+    assert [m["id"] for m in members] == [p["id"] for p in demo_users(kind, 4)]
