@@ -132,9 +132,10 @@ def create_app(
     app.state.store = store
     app.state.keystore = published_keys(keystore)
     app.state.failed_tokens = FailedTokenLimit(failed_token_limit, failed_token_window)
+    app.state.quota = TenantQuota(limits.shipments_per_minute, limits.shipment_bytes_per_minute)
     app.add_middleware(
         Door, limits=limits, failed_tokens=app.state.failed_tokens,
-        quota=TenantQuota(limits.shipments_per_minute, limits.shipment_bytes_per_minute),
+        quota=app.state.quota,
         authenticate=store.authenticate, refuse=_error, tenant_of=_tenant_of, name_of=lambda p: p.name,
     )
     _add_error_handlers(app)

@@ -171,3 +171,23 @@ def test_a_refused_registration_shows_in_get_shipment_and_on_the_operators_faile
     assert failed.status_code == 200
     row = next(f for f in failed.json() if f["shipment_id"] == shipment_id)
     assert row["error_code"] == "directory_refused" and "do not ship" in row["what_to_do"]
+
+
+def test_enrollment_shipments_count_against_the_tenants_quota(tmp_path, keystore, entra):
+    from station.fulfillment.door import DoorLimits
+
+    store = Store.open(f"sqlite:///{tmp_path}/service.db")
+    try:
+        with EmbeddedService(store, keystore, purge_interval=None, limits=DoorLimits(shipments_per_minute=1),
+                             directory_key=str(tmp_path / "k.key")) as service:
+            tenant = store.create_tenant("Contoso")
+            service.tokens = {"contoso": store.create_token(Role.CUSTOMER, "contoso", tenant_id=tenant.id)}
+            with _api(service) as api:
+                api.post("/v1/directories", json=entra_body(entra.standin, entra.url, entra.client_id, entra.secret,
+                                                            pin_delivery_key(), aaguids=[YUBIKEY_5]))
+                outcomes = api.post("/v1/directories/Contoso/enrollments", json={"group": "Key pilots"}).json()["users"]
+                assert [o["outcome"] for o in outcomes] == ["enrolled", "failed"]
+                assert "quota" in outcomes[1]["message"]
+                assert api.get("/v1/fpr/shipments").json()["total"] == 1
+    finally:
+        store.close()

@@ -45,7 +45,8 @@ def directories_for_app(app: FastAPI):
         from station.fulfillment.directories.sealing import open_box
         from station.fulfillment.directories.service import Directories
 
-        state.directories = Directories(state.store, open_box(state.directory_key), state.keystore)
+        state.directories = Directories(state.store, open_box(state.directory_key), state.keystore,
+                                        quota=getattr(state, "quota", None))
     return state.directories
 
 

@@ -196,8 +196,12 @@ class Directories:
     one that points at stand-ins; the default is the customer package's)."""
 
     def __init__(self, store: Store, box: SecretBox, keys: PublicKeys, *, clients: ClientFactory = default_client,
-                 shipped_aaguids: Iterable[str] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 shipped_aaguids: Iterable[str] | None = None, clock: Callable[[], float] = time.time,
+                 quota: Any = None) -> None:
         self.store = store
+        #: the service's per-tenant shipment quota (door.TenantQuota), as POST /v1/fpr/shipments
+        #: meets it; None from the operator's CLI
+        self.quota = quota
         self.box = box
         self.keys = keys
         self.clients = clients
@@ -432,6 +436,11 @@ class Directories:
         if pending is not None:
             return EnrollOutcome(user=who, user_id=user["id"], outcome="already_pending",
                                  shipment_id=pending.shipment_id, message="a key for this user is already on its way")
+        if self.quota is not None:
+            try:  # before the directory is asked for anything on this user's behalf
+                self.quota.check(row.owner, 0)
+            except ServiceError as exc:
+                return EnrollOutcome(user=who, user_id=user["id"], outcome="failed", message=exc.message)
         settings = json.loads(row.settings)
         envelope = shipping_envelope(user, settings.get("default_address"))
         if envelope is None:
@@ -492,6 +501,8 @@ class Directories:
         except ValidationError as exc:
             raise BadRequest(f"the shipment for {who} is refused: {describe_validation_error(exc)}") from None
         shipment_id = accept_shipment(self.store, self.keys, row.owner, body)
+        if self.quota is not None:
+            self.quota.record(row.owner, len(json.dumps(order)))
         now = self.clock()
         try:
             with self.store._tx() as conn:
