@@ -392,7 +392,7 @@ _DB_OPTION = click.option(
 DOOR_OPTIONS = ("trusted_proxy", "max_body_bytes", "max_header_bytes", "head_timeout", "body_timeout",
                 "max_connections", "quota_shipments", "quota_bytes", "docs")
 SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host", "port", "retention_seconds",
-                 "max_attempts", *DOOR_OPTIONS)
+                 "max_attempts", *DOOR_OPTIONS, "directory_key", "registration_interval")
 
 
 @cli.command()
@@ -419,6 +419,10 @@ SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host"
 @click.option("--quota-bytes", type=click.IntRange(1024), help="Shipment bytes per tenant per minute (default 16 MiB).")
 @click.option("--docs", is_flag=True, default=None, help="Serve /docs and /redoc (off by default).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), help="Keys that may fault on an item before it fails (default 3).")
+@click.option("--directory-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The key file sealing directory secrets (default $STATION_DIRECTORY_KEY, else var/directory-secrets.key).")
+@click.option("--registration-interval", type=click.FloatRange(min=0.1),
+              help="Seconds between passes over pending directory registrations (default 10).")
 @click.pass_context
 @fail_cleanly
 def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
@@ -446,7 +450,9 @@ def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
               jwks_file=None if settings.jwks_file is None else str(settings.jwks_file),
               allow_private_keys=settings.allow_private_keys, host=settings.host, port=settings.port,
               retention_seconds=settings.retention_seconds, limits=limits,
-              max_attempts=settings.max_attempts)
+              max_attempts=settings.max_attempts,
+              directory_key=None if settings.directory_key is None else str(settings.directory_key),
+              registration_interval=settings.registration_interval)
 
 
 @cli.group()

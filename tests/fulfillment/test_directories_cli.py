@@ -147,3 +147,65 @@ def test_station_ship_refuses_a_key_its_directory_refused(setup, keystore, tmp_p
     assert shipped.exit_code == 1
     assert shipped.output.startswith("directory_refused:") and "station reset" in shipped.output
     assert "Do not ship" in shipped.output
+
+
+def test_station_serve_registers_in_the_background_and_stops_cleanly(setup, keystore, tmp_path):
+    """`station serve`'s registration thread: the key programmed, the service registers it in the
+    directory on its own; SIGTERM stops the service (and the thread) cleanly; the secret is in
+    neither the log nor the database."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from station.fulfillment.pgcluster import free_port
+    from station.fulfillment.store import Role
+
+    store = Store.open(setup.db)
+    token = store.create_token(Role.CUSTOMER, "contoso", tenant_id=setup.tenant.id)
+    store.close()
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("station")), "serve", "--db", setup.db, "--jwks", str(setup.jwks),
+         "--port", str(port), "--directory-key", str(setup.tmp / "dir.key"), "--registration-interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/.well-known/signing-keys.jwks", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        body = {"kind": "entra", "name": "Contoso", "tenant_id": setup.standin.tenant_id, "client_id": setup.client_id,
+                "client_secret": setup.secret, "aaguids": [YUBIKEY_5], "default_address": ADDRESS,
+                "pin_delivery_key": json.loads((setup.tmp / "pin-key.json").read_text()),
+                "endpoints": {"graph_url": setup.url, "login_url": setup.url}}
+        assert httpx.post(f"{base}/v1/directories", json=body, headers=headers, timeout=60).status_code == 201
+        enrolled = httpx.post(f"{base}/v1/directories/Contoso/enrollments", json={"users": ["ada@contoso.com"]},
+                              headers=headers, timeout=60)
+        assert enrolled.json()["users"][0]["outcome"] == "enrolled"
+        store = Store.open(setup.db)
+        try:
+            Station(store, keystore, tmp_path).program_all()
+        finally:
+            store.close()
+        deadline = time.monotonic() + 60
+        while True:
+            state = httpx.get(f"{base}/v1/directories/Contoso/enrollments", headers=headers).json()["enrollments"][0]
+            if state["state"] != "pending" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert state["state"] == "registered" and state["method_id"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        status = server.wait(timeout=30)
+    log = server.stdout.read().decode()
+    assert status in (0, -signal.SIGTERM) and "Application shutdown complete" in log, log
+    assert setup.secret not in log and token not in log
+    assert setup.secret.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("service.db*"))
