@@ -410,3 +410,22 @@ def test_the_background_pass_registers_and_stops_cleanly(dirs, entra, store, key
         loop.stop()
     assert not loop._thread.is_alive()
     assert dirs.enrollments(OWNER, "Contoso")[0]["state"] == "registered"
+
+
+def test_the_recipient_and_address_come_from_the_directory_user_where_complete():
+    from station.fulfillment.directories.service import shipping_envelope
+
+    graph_user = {"id": "1", "userPrincipalName": "kim@contoso.com", "displayName": "Kim Cook", "givenName": "Kim",
+                  "surname": "Cook", "mail": "kim.cook@contoso.com", "mobilePhone": "+1 555 0199",
+                  "streetAddress": "9 Elm St", "city": "Austin", "state": "TX", "postalCode": "73301", "country": "US"}
+    default = {"recipient_company": "Contoso", "recipient_telephone": "+1 555 0100", "street_line1": "1 Main St",
+               "street_line2": "", "city": "Springfield", "region": "IL", "postal_code": "62701",
+               "country_code_2": "US"}
+    own = shipping_envelope(graph_user, default)
+    assert own["mailing_address"]["city"] == "Austin" and own["recipient"]["recipient_email"] == "kim.cook@contoso.com"
+    assert own["recipient"]["recipient_telephone"] == "+1 555 0199"
+    partial = shipping_envelope({**graph_user, "city": None}, default)  # incomplete: the default address
+    assert partial["mailing_address"]["city"] == "Springfield" and partial["recipient"]["recipient_lastname"] == "Cook"
+    plain = shipping_envelope({"id": "2", "username": "lee@example.org", "displayName": "Lee Park"}, default)
+    assert (plain["recipient"]["recipient_firstname"], plain["recipient"]["recipient_lastname"]) == ("Lee", "Park")
+    assert shipping_envelope({"id": "3", "userPrincipalName": "x@contoso.com"}, None) is None
