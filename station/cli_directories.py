@@ -81,7 +81,7 @@ def register(cli: click.Group, db_option, fail_cleanly) -> None:
             "default_address": _json_file(address_file, "--default-address") if address_file else None,
             "endpoints": endpoints or None, "rp_id": rp_id, "policy_id": policy_id,
             "challenge_timeout_minutes": challenge_timeout_minutes, "aaguids": list(aaguids) or None})
-        with _service(db_url, directory_key) as dirs:
+        with _service(db_url, directory_key) as dirs, _advice():
             config = dirs.add(_owner(tenant_id), body, actor=_actor())
         click.echo(f"added {config.kind} directory configuration {config.name!r}: the connection was verified")
 
@@ -115,6 +115,8 @@ def register(cli: click.Group, db_option, fail_cleanly) -> None:
         click.echo(("success: " if result["ok"] else "failure: ") + result["message"],
                    err=not result["ok"])
         if not result["ok"]:
+            if result.get("what_to_do"):
+                click.echo(result["what_to_do"], err=True)
             sys.exit(1)
 
     @directories.command("edit")
@@ -132,7 +134,7 @@ def register(cli: click.Group, db_option, fail_cleanly) -> None:
 
         secret = _secret(secret_file, secret_stdin) if (secret_file or secret_stdin) else None
         body = _model(DirectoryEdit, {"name": new_name, "client_id": client_id, "client_secret": secret})
-        with _service(db_url, directory_key) as dirs:
+        with _service(db_url, directory_key) as dirs, _advice():
             config = dirs.edit(_owner(tenant_id), name, body, actor=_actor())
         click.echo(f"updated directory configuration {config.name!r}")
 
@@ -298,6 +300,20 @@ def _print_findings(findings) -> None:
 
 def _when(at: float | None) -> str:
     return "-" if at is None else datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class _advice:
+    """After a directory's refusal, its one-line `code: message` (fail_cleanly), and first what
+    the administrator changes, and where."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        data = getattr(exc, "error_data", None)
+        if isinstance(data, dict) and data.get("what_to_do"):
+            click.echo(data["what_to_do"], err=True)
+        return False
 
 
 class _NoKeys:

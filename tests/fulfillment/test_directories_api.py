@@ -85,6 +85,7 @@ def test_a_wrong_secret_or_a_missing_permission_is_422_with_the_directorys_words
         assert forbidden.status_code == 422 and forbidden.json()["error_code"] == "directory_permission_missing"
         assert forbidden.json()["error_data"]["http_status"] == 403
         assert forbidden.json()["error_data"]["correlation_id"]
+        assert "Grant admin consent" in forbidden.json()["error_data"]["what_to_do"]  # where to fix it
         assert api.get("/v1/directories").json() == {"directories": []}  # nothing stored
 
 

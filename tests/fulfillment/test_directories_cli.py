@@ -76,7 +76,8 @@ def test_the_secret_comes_from_stdin_or_a_file_only(setup):
 def test_a_wrong_secret_is_refused_with_the_directorys_words(setup):
     (setup.tmp / "secret").write_text("wrong")
     refused = _add(setup)
-    assert refused.exit_code == 1 and refused.output.startswith("directory_credentials_refused:")
+    assert refused.exit_code == 1 and "\ndirectory_credentials_refused: " in refused.output
+    assert "Certificates & secrets" in refused.output  # what to change, and where
     assert _run("list", *setup.common, "--json").output.strip().endswith('"directories": []\n}') or \
         json.loads(_run("list", *setup.common, "--json").output) == {"directories": []}
 

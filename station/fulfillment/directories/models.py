@@ -150,6 +150,7 @@ class ConnectionResult(BaseModel):
     message: str
     http_status: int | None = None
     correlation_id: str | None = None
+    what_to_do: str | None = None  # on failure: what the administrator changes, and where
 
 
 class FindingView(BaseModel):

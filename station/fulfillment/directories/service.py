@@ -111,9 +111,11 @@ def refusal(exc: ProviderError, client: Any, kind: str) -> DirectoryRefused:
         code = "directory_unreachable"
     else:
         code = "directory_refused"
+    from station.customer.directory_policy import explain_refusal
+
     return DirectoryRefused(exc.message, code=code, error_data={
         "directory": kind, "http_status": exc.status, "directory_code": exc.provider_code,
-        "correlation_id": correlation_id(client)})
+        "correlation_id": correlation_id(client), "what_to_do": explain_refusal(kind, exc)})
 
 
 def correlation_id(client: Any) -> str | None:
@@ -282,9 +284,9 @@ class Directories:
         except DirectoryRefused as exc:
             data = exc.error_data or {}
             return {"ok": False, "message": exc.message, "http_status": data.get("http_status"),
-                    "correlation_id": data.get("correlation_id")}
+                    "correlation_id": data.get("correlation_id"), "what_to_do": data.get("what_to_do")}
         return {"ok": True, "message": answer["message"], "http_status": 200,
-                "correlation_id": answer["correlation_id"]}
+                "correlation_id": answer["correlation_id"], "what_to_do": None}
 
     def _found(self, owner: str, name: str):
         row = self._find(owner, name)
