@@ -38,6 +38,8 @@ from .u2f import U2fCommands
 
 ERR = CtapError.ERR
 CMD = Ctap2.CMD
+#: Signature counter values reserved by one durable write (see next_counter).
+COUNTER_RESERVE = 256
 
 
 class INFO:
@@ -111,6 +113,11 @@ class VirtualAuthenticator:
         self.pin_uv = PinUvAuth()
         self.powered_up = time.monotonic()
         self._handlers = self._dispatch_table()
+        #: the last signature counter value handed out; state.sign_count is its durable ceiling
+        self._counter = state.sign_count
+        #: the attestation key, parsed once: it is made at `create` and survives every reset
+        self.attestation_key = attestation.key_from_pem(state.attestation_key)
+        self.attestation_cert_der = websafe_decode(state.attestation_cert)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -176,7 +183,18 @@ class VirtualAuthenticator:
             raise
 
     def close(self) -> None:
-        """Release the state file (every change is already saved)."""
+        """Release the state file. Every change is already durable; a clean close also folds
+        the journal into one snapshot, with the signature counter's ceiling brought down to the
+        last value handed out (so the next power-up goes on from it, as a real key's does).
+        While a command still runs (a wedged key) nothing is written: the next power-up folds
+        the journal, and the ceiling stays, which is just as safe."""
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._file.is_locked():
+                    self.state.sign_count = self._counter
+                    self._file.fold(self.state)
+            finally:
+                self._lock.release()
         self._file.unlock()
 
     def __enter__(self) -> VirtualAuthenticator:
@@ -321,6 +339,7 @@ class VirtualAuthenticator:
             credential_key=websafe_encode(os.urandom(32)),
             min_pin_length=self.profile.min_pin_length,
         )
+        self._counter = 0
         self.pin_uv = PinUvAuth()
         self.large_blobs_command.forget_write()
         self.save()
@@ -347,12 +366,23 @@ class VirtualAuthenticator:
         self.winks += 1
 
     def save(self) -> None:
-        """Persist the state (atomic; called after every state change)."""
+        """Persist the state (durable before the command answers; called after every change)."""
         self._file.save(self.state)
 
-    @property
-    def attestation_cert_der(self) -> bytes:
-        return websafe_decode(self.state.attestation_cert)
+    def next_counter(self) -> int:
+        """The next value of the one signature counter (CTAP2 and U2F signatures).
+
+        A real key writes its counter to flash with every signature; here the state keeps a
+        ceiling instead: all values handed out are at most state.sign_count, and reaching it
+        reserves the next COUNTER_RESERVE values in one durable write before the value is
+        used. After a crash (or a pull) the key goes on above the ceiling, so the counter never
+        repeats or goes back (WebAuthn §6.1.1 asks only that it increase); a clean close
+        writes the exact value."""
+        self._counter += 1
+        if self._counter > self.state.sign_count:
+            self.state.sign_count = self._counter + COUNTER_RESERVE - 1
+            self.save()
+        return self._counter
 
     # -- vendor identity hooks ------------------------------------------------------------
     def management_config(self, page: int = 0) -> bytes:

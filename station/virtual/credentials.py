@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hmac
 import os
+import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from fido2.cose import ES256, ES384, EdDSA
 from fido2.ctap import CtapError
 from fido2.ctap2.pin import ClientPin
 from fido2.utils import websafe_decode, websafe_encode
-from fido2.webauthn import AttestedCredentialData, AuthenticatorData
+from fido2.webauthn import AuthenticatorData
 
 from . import attestation
 from .client_pin import PROTOCOLS, check_protocol, verify
@@ -92,8 +93,15 @@ class Credential:
     discoverable: bool
     cred_blob: bytes | None = None
     has_large_blob_key: bool = False
+    #: the private key object, once built from `private` (a new credential's is its generated key)
+    _key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | None = field(default=None, repr=False)
 
     def signing_key(self) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
+        if self._key is None:
+            self._key = self._build_key()
+        return self._key
+
+    def _build_key(self) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
         if self.alg == EdDSA.ALGORITHM:
             return ed25519.Ed25519PrivateKey.from_private_bytes(self.private)
         curve = ec.SECP384R1() if self.alg == ES384.ALGORITHM else ec.SECP256R1()
@@ -125,15 +133,34 @@ class Credential:
 
 
 def new_credential(alg: int, rp_id_hash: bytes, cred_protect: int, hmac_secret: bool, rk: bool) -> Credential:
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     if alg == EdDSA.ALGORITHM:
-        private = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        key = ed25519.Ed25519PrivateKey.generate()
+        private = key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
     elif alg == ES384.ALGORITHM:
-        private = ec.generate_private_key(ec.SECP384R1()).private_numbers().private_value.to_bytes(48, "big")
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = key.private_numbers().private_value.to_bytes(48, "big")
     else:
-        private = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big")
-    return Credential(b"", rp_id_hash, alg, private, cred_protect, hmac_secret, rk)
+        key = ec.generate_private_key(ec.SECP256R1())
+        private = key.private_numbers().private_value.to_bytes(32, "big")
+    return Credential(b"", rp_id_hash, alg, private, cred_protect, hmac_secret, rk, _key=key)
+
+
+def authenticator_data(
+    rp_id_hash: bytes, flags: int, counter: int, attested: bytes = b"", extensions: dict | None = None
+) -> bytes:
+    """authenticatorData (WebAuthn §6.1): rpIdHash || flags || signCount (big-endian uint32)
+    || attestedCredentialData || extensions (CBOR), framed as python-fido2's
+    AuthenticatorData.create frames it, without parsing the result back."""
+    return rp_id_hash + struct.pack(">BI", flags, counter) + attested + (cbor.encode(extensions) if extensions else b"")
+
+
+def attested_credential_data(aaguid: bytes, credential_id: bytes, public_key: dict) -> bytes:
+    """attestedCredentialData (WebAuthn §6.5.2): aaguid || credentialIdLength (uint16) ||
+    credentialId || credentialPublicKey (COSE_Key, CBOR)."""
+    return aaguid + struct.pack(">H", len(credential_id)) + credential_id + cbor.encode(public_key)
 
 
 def wrap(wrapping_key: bytes, cred: Credential) -> bytes:
@@ -249,10 +276,6 @@ class CredentialCommands:
         if self.key.profile.ctap21 and self.key.pin_uv.token is not None:
             self.key.pin_uv.token.clear_permissions_except_lbw()
 
-    def next_counter(self) -> int:
-        self.key.state.sign_count += 1
-        return self.key.state.sign_count
-
     # -- authenticatorMakeCredential ------------------------------------------------------
     def make_credential(self, request: Request) -> dict[int, Any]:
         """authenticatorMakeCredential (§6.1.2)."""
@@ -322,19 +345,19 @@ class CredentialCommands:
             if rp_id in state.min_pin_length_rpids:
                 ext_out["minPinLength"] = state.min_pin_length
         flags = FLAG.UP | FLAG.AT | (FLAG.UV if uv else 0) | (FLAG.ED if ext_out else 0)
-        auth_data = AuthenticatorData.create(
+        auth_data = authenticator_data(
             rp_id_hash,
             flags,
-            self.next_counter(),
-            AttestedCredentialData.create(self.key.aaguid, cred.credential_id, cred.public_key()),
+            self.key.next_counter(),
+            attested_credential_data(self.key.aaguid, cred.credential_id, cred.public_key()),
             ext_out or None,
         )
-        self.key.save()
-        att_key = attestation.key_from_pem(state.attestation_key)
+        if rk:
+            self.key.save()  # the stored credential is durable before the answer
         statement = attestation.packed_statement(
-            att_key, self.key.attestation_cert_der, bytes(auth_data), client_data_hash
+            self.key.attestation_key, self.key.attestation_cert_der, auth_data, client_data_hash
         )
-        response: dict[int, Any] = {1: "packed", 2: bytes(auth_data), 3: statement}
+        response: dict[int, Any] = {1: "packed", 2: auth_data, 3: statement}
         if enterprise:
             response[4] = True
         if large_blob_key:
@@ -540,14 +563,11 @@ class CredentialCommands:
         if pending.get_cred_blob:
             ext_out["credBlob"] = cred.cred_blob or b""
         flags = pending.flags | (FLAG.ED if ext_out else 0)
-        auth_data = AuthenticatorData.create(
-            pending.rp_id_hash, FLAG(flags), self.next_counter(), b"", ext_out or None
-        )
-        self.key.save()
+        auth_data = authenticator_data(pending.rp_id_hash, flags, self.key.next_counter(), b"", ext_out or None)
         response: dict[int, Any] = {
             1: {"type": "public-key", "id": cred.credential_id},
-            2: bytes(auth_data),
-            3: cred.sign(bytes(auth_data) + pending.client_data_hash),
+            2: auth_data,
+            3: cred.sign(auth_data + pending.client_data_hash),
         }
         user = pending.users.get(cred.credential_id)
         if user is not None and cred.discoverable:
