@@ -13,6 +13,7 @@ import secrets
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -220,7 +221,9 @@ class VirtualAuthenticator:
                 response = self._process(request, keepalive, cancel)
             except CtapError as exc:
                 return bytes([exc.code])
-        return b"\x00" if response is None else b"\x00" + cbor.encode(response)
+        if response is None:
+            return b"\x00"
+        return b"\x00" + (response if isinstance(response, _Encoded) else cbor.encode(response))
 
     def process_u2f(
         self,
@@ -260,7 +263,7 @@ class VirtualAuthenticator:
 
     def _dispatch_table(self) -> dict[int, Callable[[Request], dict | None]]:
         table: dict[int, Callable[[Request], dict | None]] = {
-            CMD.GET_INFO: lambda _r: self.get_info(),
+            CMD.GET_INFO: lambda _r: self._encoded_info(),
             CMD.MAKE_CREDENTIAL: self.credential_commands.make_credential,
             CMD.GET_ASSERTION: self.credential_commands.get_assertion,
             CMD.GET_NEXT_ASSERTION: self.credential_commands.get_next_assertion,
@@ -316,6 +319,18 @@ class VirtualAuthenticator:
         if p.force_pin_change:
             info[INFO.MAX_RPIDS_FOR_SET_MIN_PIN_LENGTH] = p.max_rpids_for_min_pin
         return info
+
+    def _encoded_info(self) -> _Encoded:
+        """getInfo in CBOR, encoded once per content: a station reads it several times per key
+        and keys of one profile answer alike, so the encodings of the last few contents are
+        kept (process-wide; equal content is equal bytes, CBOR being canonical)."""
+        info = self.get_info()
+        for cached, encoded in tuple(_INFO_ENCODINGS):  # a snapshot: other keys' threads add to it
+            if cached == info:
+                return encoded
+        encoded = _Encoded(cbor.encode(info))
+        _INFO_ENCODINGS.appendleft((info, encoded))
+        return encoded
 
     def remaining_discoverable(self) -> int:
         return self.profile.max_discoverable - len(self.state.credentials)
@@ -426,6 +441,14 @@ class VirtualAuthenticator:
             + b"\x00" * 26  # batch, module, embedding, pre-perso and perso fields
         )
         return b"\x9f\x7f" + bytes([len(fields)]) + fields
+
+
+class _Encoded(bytes):
+    """A response already in CBOR (process() sends it as it is)."""
+
+
+#: The last getInfo contents and their encodings (see _encoded_info), newest first.
+_INFO_ENCODINGS: deque[tuple[dict, _Encoded]] = deque(maxlen=32)
 
 
 def _decode_params(data: bytes) -> dict[Any, Any]:

@@ -108,10 +108,16 @@ class Credential:
         return ec.derive_private_key(int.from_bytes(self.private, "big"), curve)
 
     def public_key(self) -> dict:
-        """credentialPublicKey as a COSE_Key."""
+        """credentialPublicKey as a COSE_Key (RFC 9053 §7.1.1): for EC2 keys the map
+        python-fido2's from_cryptography_key builds, its coordinates cut from the uncompressed
+        X9.62 point (one library call instead of its byte-by-byte int2bytes)."""
         pub = self.signing_key().public_key()
-        cose = {EdDSA.ALGORITHM: EdDSA, ES384.ALGORITHM: ES384}.get(self.alg, ES256)
-        return dict(cose.from_cryptography_key(pub))
+        if isinstance(pub, ed25519.Ed25519PublicKey):
+            return dict(EdDSA.from_cryptography_key(pub))
+        point = pub.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        size = (len(point) - 1) // 2
+        crv = 2 if self.alg == ES384.ALGORITHM else 1  # COSE curves P-384, P-256
+        return {1: 2, 3: self.alg, -1: crv, -2: point[1 : 1 + size], -3: point[1 + size :]}
 
     def sign(self, message: bytes) -> bytes:
         key = self.signing_key()

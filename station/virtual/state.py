@@ -30,7 +30,7 @@ import hmac
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,14 @@ class KeyState:
         return self.pin_hash is not None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """A copy as JSON-ready values (what asdict gives, without its deep copy of strings)."""
+        data = {f.name: getattr(self, f.name) for f in _STATE_FIELDS}
+        data["min_pin_length_rpids"] = list(self.min_pin_length_rpids)
+        data["credentials"] = [
+            {f.name: getattr(c, f.name) for f in _CREDENTIAL_FIELDS} | {"user": dict(c.user)}
+            for c in self.credentials
+        ]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> KeyState:
@@ -132,6 +139,10 @@ class KeyState:
             raise VirtualError(f"unsupported state file version {data.get('version')!r}")
         creds = [StoredCredential(**c) for c in data.pop("credentials", [])]
         return cls(**data, credentials=creds)
+
+
+_STATE_FIELDS = fields(KeyState)
+_CREDENTIAL_FIELDS = fields(StoredCredential)
 
 
 class StateFile:
