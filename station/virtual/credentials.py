@@ -247,10 +247,15 @@ class CredentialCommands:
     def __init__(self, key: VirtualAuthenticator) -> None:
         self.key = key
         self.pending: PendingAssertions | None = None
+        self._wrapping: tuple[str, bytes] = ("", b"")
 
     @property
     def wrapping_key(self) -> bytes:
-        return websafe_decode(self.key.state.credential_key)
+        """The credential key's bytes, decoded again only when it changed (a reset)."""
+        encoded = self.key.state.credential_key
+        if self._wrapping[0] != encoded:
+            self._wrapping = (encoded, websafe_decode(encoded))
+        return self._wrapping[1]
 
     def forget_assertions(self) -> None:
         self.pending = None
