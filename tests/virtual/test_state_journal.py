@@ -212,3 +212,23 @@ def test_a_state_file_that_is_not_a_key_is_refused(tmp_path):
 
     with pytest.raises(VirtualError, match="not a virtual key state file"):
         VirtualAuthenticator.open(path)
+
+
+def test_signatures_write_nothing_until_the_reserved_counter_values_run_out(tmp_path, monkeypatch):
+    """The counter is the only state a non-discoverable makeCredential or a getAssertion
+    changes: one durable write reserves COUNTER_RESERVE values, then nothing is written."""
+    path = tmp_path / "k.json"
+    key = make_key(path)
+    ctap = Ctap2(key.device)
+    made = ctap.make_credential(HASH, RP, {"id": b"u", "name": "u"}, PARAMS)  # reserves the block
+    allow = [{"type": "public-key", "id": made.auth_data.credential_data.credential_id}]
+    writes = []
+    for name in ("_append", "_snapshot"):
+        real = getattr(StateFile, name)
+        monkeypatch.setattr(StateFile, name, lambda self, *a, _real=real, _name=name: (writes.append(_name), _real(self, *a))[1])
+    for _ in range(20):
+        ctap.make_credential(HASH, RP, {"id": b"u", "name": "u"}, PARAMS)
+        ctap.get_assertion(RP["id"], HASH, allow)
+    assert writes == []
+    key.authenticator.close()
+    assert writes == ["_snapshot"]  # the clean close writes the exact counter
