@@ -26,10 +26,11 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -555,6 +556,10 @@ class Store:
         self.max_attempts = max_attempts
         self.write_grace_seconds = write_grace_seconds
         self._postgresql = engine.dialect.name == "postgresql"
+        #: SQLite: this process's write transactions queue here and wake when the one before
+        #: commits; without it they meet at BEGIN IMMEDIATE and SQLite's busy handler sleeps
+        #: 1, 2, 5 ... 100 ms between tries (8 slots' claims: up to 265 ms for 4 ms of work)
+        self._writer = nullcontext() if self._postgresql else threading.RLock()
         self._last_expired_probe: float | None = None
         #: the one-statement fast paths are atomic on their own: no BEGIN/COMMIT round trips
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgresql else None
@@ -589,7 +594,7 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with _unavailable_as_503(), self.engine.begin() as conn:
+        with self._writer, _unavailable_as_503(), self.engine.begin() as conn:
             yield conn
 
     def _create_schema(self) -> None:
