@@ -65,7 +65,8 @@ class UserPresenceTimeout(StationError):
 #: item error is one key's, and sends the item back to the queue for another key.
 REQUEST_ERROR_CODES = ("decrypt_failed", "invalid_request", "expired")
 
-ITEM_ERROR_CODES = (
+#: The codes a station reports for an item it could not do.
+STATION_ITEM_ERROR_CODES = (
     "decrypt_failed",
     "invalid_request",
     "expired",
@@ -73,10 +74,12 @@ ITEM_ERROR_CODES = (
     "device_not_fresh",
     "device_error",
     "user_presence_timeout",
-    # set by the service only (issue 15): the customer's directory refused to register the
-    # credential of a programmed key; the key is reset, not shipped
-    "directory_refused",
 )
+#: Set by the service only (issue 15): the customer's directory refused to register the
+#: credential of a programmed key; the key is reset, not shipped. A station never reports it.
+SERVICE_ITEM_ERROR_CODES = ("directory_refused",)
+#: Every code an item of a shipment can carry.
+ITEM_ERROR_CODES = STATION_ITEM_ERROR_CODES + SERVICE_ITEM_ERROR_CODES
 
 
 # -- operator errors (not item codes) --------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_serializer
 
-from station.protocol.messages import ItemError, MailingAddress, ProductData, Recipient
+from station.protocol.messages import ItemError, MailingAddress, ProductData, Recipient, StationItemError
 
 MAX_LEASE_SECONDS = 3600
 DEFAULT_LEASE_SECONDS = 300
@@ -188,7 +188,7 @@ class ReleaseRequest(_Body):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     generation: Generation | None = None
-    error: ItemError | None = None
+    error: StationItemError | None = None
 
 
 class QueueView(_Body):
@@ -226,9 +226,9 @@ class FulfilledSubmit(_Submit):
 
 
 class FailedSubmit(_Submit):
-    """An item failed with one of the PROTOCOL.md §4 item error codes."""
+    """An item failed with one of the PROTOCOL.md §4 item error codes a station reports."""
 
-    error: ItemError
+    error: StationItemError
 
     @property
     def audit_serial(self) -> str | None:

@@ -42,7 +42,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from station.errors import InvalidRequest, ITEM_ERROR_CODES
+from station.errors import InvalidRequest, ITEM_ERROR_CODES, STATION_ITEM_ERROR_CODES
 
 # -- base64url (RFC 4648 §5, no padding) ------------------------------------------------------
 
@@ -676,6 +676,13 @@ class ItemError(_Body):
 
     error_code: Literal[ITEM_ERROR_CODES]  # type: ignore[valid-type]
     error_message: StrictStr
+
+
+class StationItemError(ItemError):
+    """What a station reports of an item it could not do: a station's code only (never a code
+    the service alone sets, such as `directory_refused`)."""
+
+    error_code: Literal[STATION_ITEM_ERROR_CODES]  # type: ignore[valid-type]
 
 
 class ErrorBody(_Body):

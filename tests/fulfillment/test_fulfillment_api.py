@@ -280,6 +280,8 @@ def test_submit_needs_exactly_one_outcome(service, station):
     token = customer_token(station)
     for body in ({}, {"product_data": PRODUCT_DATA, "error": ITEM_ERROR},
                  {"error": {"error_code": "not_a_code", "error_message": "x"}},
+                 # the service's own code: a station cannot fail an item as its directory's refusal
+                 {"error": {"error_code": "directory_refused", "error_message": "x"}},
                  {"product_data": PRODUCT_DATA, "serial_number": "12a"},
                  {"product_data": PRODUCT_DATA, "unknown": 1}):
         response = raw(service, "POST", "/v1/station/items/1/submit", token, json=body)
@@ -288,6 +290,16 @@ def test_submit_needs_exactly_one_outcome(service, station):
         station.submit(1)
     with pytest.raises(ValueError):
         station.submit(1, product_data=PRODUCT_DATA, error=ITEM_ERROR)
+
+
+def test_a_station_cannot_release_with_the_services_own_code(service, customer, station, shipment_body):
+    customer.post_shipment(shipment_body())
+    claimed = station.claim()
+    response = raw(service, "POST", f"/v1/station/items/{claimed.item_id}/release", customer_token(station),
+                   json={"generation": claimed.generation,
+                         "error": {"error_code": "directory_refused", "error_message": "x"}})
+    assert_error_body(response, 400, "invalid_request")
+    assert station.release(claimed.item_id).item_state == "queued"  # the claim was untouched
 
 
 def test_the_audit_records_only_a_decimal_serial(service, customer, station, shipment_body):
