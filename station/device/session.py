@@ -17,12 +17,17 @@ is sent, so a command that fails half-way (a key pulled mid-command) leaves noth
 - and, on a key that reports CTAP 2.2's uvCountSinceLastPinEntry, every token request and
   assertion too (a PIN entry or a UV changes that count).
 
+The parsed answers are also kept by their exact bytes (`_parsed_info`, bounded): keys of one
+model answer alike at the same point of their programming, so most readings cost no parse.
+
 The cache belongs to one opened key: a key reopened (pulled and put back, another key in the same
 slot) is a new `Device` with a new session, which reads getInfo again.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,25 +48,50 @@ _CREDMAN_READS = frozenset({CredentialManagement.CMD.GET_CREDS_METADATA, Credent
 _PIN_SUBCOMMAND, _CREDMAN_SUBCOMMAND = 0x02, 0x01
 
 
+#: Parsed getInfo answers by their exact bytes: keys of one model fresh from the box, or at the
+#: same point of their programming, answer byte for byte alike, and `Info.from_dict` costs about
+#: half a millisecond. Bounded; the Info objects are read-only to everyone (as python-fido2 treats
+#: them).
+_PARSED: OrderedDict[bytes, Info] = OrderedDict()
+_PARSED_MAX = 64
+_PARSED_LOCK = threading.Lock()
+
+
+def _parsed_info(answer: bytes, decoded: Mapping[int, Any]) -> Info:
+    with _PARSED_LOCK:
+        info = _PARSED.get(answer)
+        if info is not None:
+            _PARSED.move_to_end(answer)
+            return info
+    info = Info.from_dict(decoded)
+    with _PARSED_LOCK:
+        _PARSED[answer] = info
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    return info
+
+
 class SessionCtap2(Ctap2):
     """python-fido2's Ctap2 whose `get_info()` reuses its last answer while it still holds."""
 
     def __init__(self, device, strict_cbor: bool = True) -> None:
         self._current: Info | None = None
-        self._answer: Mapping[int, Any] | None = None
+        self._answer = b""
         super().__init__(device, strict_cbor)  # reads getInfo once
 
     def get_info(self) -> Info:
         if self._current is None:
-            answer = super().send_cbor(Ctap2.CMD.GET_INFO)
-            self._current, self._answer = Info.from_dict(answer), answer
+            # the key's answer as it sent it: python-fido2 checked it is canonical CBOR, which
+            # re-encodes to the same bytes
+            decoded = super().send_cbor(Ctap2.CMD.GET_INFO)
+            answer = cbor.encode(decoded)
+            self._current, self._answer = _parsed_info(answer, decoded), answer
         return self._current
 
     def info_answer(self) -> bytes:
-        """The key's getInfo answer as it sent it (status byte + canonical CBOR: python-fido2
-        checked it re-encodes to the same bytes), read again first if it no longer holds."""
+        """The key's getInfo answer (status byte + CBOR), read again first if it no longer holds."""
         self.get_info()
-        return b"\x00" + cbor.encode(self._answer)
+        return b"\x00" + self._answer
 
     def forget_info(self) -> None:
         """The next get_info() reads the key again."""

@@ -94,3 +94,14 @@ def test_a_reopened_key_is_read_again(make_key, sent, tmp_path):
     again = make_key(name="a.json")
     assert again.ctap2() is not device.ctap2()
     assert again.info.options.get("clientPin") is True and again.pin_set
+
+
+def test_keys_that_answer_alike_share_one_parse_and_others_do_not(make_key):
+    first, second = make_key(name="a.json"), make_key(name="b.json")
+    assert first.ctap2().get_info() is second.ctap2().get_info()  # two fresh keys of one model
+    ClientPin(first.ctap2()).set_pin("482915")
+    changed = first.ctap2().get_info()
+    assert changed is not second.ctap2().get_info()
+    assert changed.options["clientPin"] is True and not second.ctap2().get_info().options.get("clientPin")
+    other = make_key(profile="crescendo-key", name="c.json")
+    assert other.ctap2().get_info().aaguid != second.ctap2().get_info().aaguid
