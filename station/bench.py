@@ -53,6 +53,16 @@ TARGETS = {
     "queue_vs_pgbench": 0.5,        # claim+submit ÷ pgbench simple-update, median of 5, at least
 }
 
+#: The same figures when issue 18 was filed (its "now" column), printed next to each goal.
+ISSUE_START = {
+    "item_cpu_ratio": "6.6×",
+    "getinfo_per_item": "8",
+    "round_trip_keys_per_s": "3.7",
+    "virtual_mc_per_s": "662",
+    "slots_ratio": "1.12×",
+    "queue_vs_pgbench": "0.17–0.28",
+}
+
 
 # ------------------------------------------------------------------------------ item CPU
 def _each_ms(op: Callable[[], object], repeats: int) -> float:
@@ -332,4 +342,5 @@ def run_bench(*, db_url: str | None = None, quick: bool = False, on_progress: Ca
     results["queue"] = bench_all(db_url, clients=4 if quick else 16, seconds=1 if quick else 5,
                                  runs=1 if quick else 5, many_clients=None if quick else 64)
     results["targets"] = dict(TARGETS)
+    results["issue_start"] = dict(ISSUE_START)
     return results
