@@ -415,6 +415,9 @@ def _canonical_uuid(value: str) -> str:
     return value
 
 
+_NULLABLE_MEMBERS = tuple((name, to_camel(name)) for name in ("serial_number", "firmware_version"))
+
+
 class _ResponseCommon(_Wire):
     """The members every response payload carries (§3); `serialNumber` and
     `firmwareVersion` are always present, possibly null."""
@@ -432,9 +435,8 @@ class _ResponseCommon(_Wire):
     @model_serializer(mode="wrap")
     def _nullable_members_stay(self, handler):
         data = handler(self)
-        by_alias = "requestId" in data
-        for name in ("serial_number", "firmware_version"):
-            data.setdefault(to_camel(name) if by_alias else name, None)
+        for name, alias in _NULLABLE_MEMBERS:
+            data.setdefault(alias if "requestId" in data else name, None)
         return data
 
 
