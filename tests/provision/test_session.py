@@ -105,3 +105,38 @@ def test_keys_that_answer_alike_share_one_parse_and_others_do_not(make_key):
     assert changed.options["clientPin"] is True and not second.ctap2().get_info().options.get("clientPin")
     other = make_key(profile="crescendo-key", name="c.json")
     assert other.ctap2().get_info().aaguid != second.ctap2().get_info().aaguid
+
+
+def test_one_token_cannot_serve_the_whole_item_a_makecredential_clears_its_permissions(make_key):
+    """Why an item asks for a token per credential and another for authenticatorConfig: CTAP 2.1
+    §6.1.2 (authenticatorMakeCredential, after user presence) clears every permission of the
+    pinUvAuthToken except lbw, and the first mc binds the token to that rp.id. The virtual key
+    enforces it, as a CTAP 2.1 YubiKey does."""
+    from fido2.ctap2 import CredentialManagement
+    from fido2.ctap2.config import Config
+
+    from station.provision.pin import pin_protocol_for
+
+    device = make_key()
+    session = device.ctap2()
+    ClientPin(session).set_pin("482915")
+    client_pin = ClientPin(session, pin_protocol_for(session.info))
+    protocol = client_pin.protocol
+    wanted = ClientPin.PERMISSION.MAKE_CREDENTIAL | ClientPin.PERMISSION.AUTHENTICATOR_CFG
+    token = client_pin.get_pin_token("482915", wanted, "acme.okta.com")
+
+    def make(rp_id: str) -> None:
+        cdh = bytes(32)
+        session.make_credential(cdh, {"id": rp_id, "name": rp_id}, {"id": b"u", "name": "u"},
+                                [{"type": "public-key", "alg": -7}], options={"rk": True},
+                                pin_uv_param=protocol.authenticate(token, cdh), pin_uv_protocol=protocol.VERSION)
+
+    make("acme.okta.com")
+    for again in (lambda: make("acme.okta.com"), lambda: make("login.microsoft.com"),
+                  lambda: Config(session, protocol, token).set_min_pin_length(force_change_pin=True)):
+        with pytest.raises(CtapError) as refused:
+            again()
+        assert refused.value.code == CtapError.ERR.PIN_AUTH_INVALID
+    cm_token = client_pin.get_pin_token("482915", ClientPin.PERMISSION.CREDENTIAL_MGMT)
+    assert CredentialManagement(session, protocol, cm_token).get_metadata()[
+        CredentialManagement.RESULT.EXISTING_CRED_COUNT] == 1
