@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -95,6 +95,11 @@ def test_the_api_matches_its_openapi(seeded, method, path, mode):
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case):
+        if mode is GenerationMode.NEGATIVE:
+            # A query member whose value is None, [] or {} is not sent at all (`limit=1&` with
+            # `{"": []}` goes out as `?limit=1`): the server never sees that invalid part, so such
+            # a case cannot test its rejection (found with hypothesis seed 9697…3875).
+            assume(all(value not in (None, [], {}) for value in (case.query or {}).values()))
         case.call_and_validate(headers=headers, excluded_checks=excluded)
 
     check()
