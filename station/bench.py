@@ -53,6 +53,16 @@ TARGETS = {
     "queue_vs_pgbench": 0.5,        # claim+submit ÷ pgbench simple-update, median of 5, at least
 }
 
+#: The same figures when issue 18 was filed (its "now" column), printed next to each goal.
+ISSUE_START = {
+    "item_cpu_ratio": "6.6×",
+    "getinfo_per_item": "8",
+    "round_trip_keys_per_s": "3.7",
+    "virtual_mc_per_s": "662",
+    "slots_ratio": "1.12×",
+    "queue_vs_pgbench": "0.17–0.28",
+}
+
 
 # ------------------------------------------------------------------------------ item CPU
 def _each_ms(op: Callable[[], object], repeats: int) -> float:
@@ -111,28 +121,75 @@ def _pin_exchanges() -> Any:
 
 @contextmanager
 def _authenticator_cpu() -> Any:
-    """Count the CPU time spent inside the virtual authenticator (to subtract it)."""
+    """Count the CPU time spent inside the virtual authenticator (to subtract it): its CTAP
+    commands, its vendor command and its state file's opening and closing; and count the CTAP
+    commands it receives, by name."""
     from station.virtual.authenticator import VirtualAuthenticator
 
-    spent = {"s": 0.0}
-    original = VirtualAuthenticator.process
+    spent: dict[str, Any] = {"s": 0.0, "commands": {}}
+    depth = {"n": 0}
 
-    def timed(self, request, **kw):
-        start = time.thread_time()
-        try:
-            return original(self, request, **kw)
-        finally:
-            spent["s"] += time.thread_time() - start
+    def timed(original):
+        def wrapper(*args, **kw):
+            depth["n"] += 1
+            start = time.thread_time()
+            try:
+                return original(*args, **kw)
+            finally:
+                depth["n"] -= 1
+                if not depth["n"]:
+                    spent["s"] += time.thread_time() - start
+        return wrapper
 
-    VirtualAuthenticator.process = timed
+    def process(self, request, **kw):
+        if request:
+            name = _command_name(request[0])
+            spent["commands"][name] = spent["commands"].get(name, 0) + 1
+        return original_process(self, request, **kw)
+
+    original_process = VirtualAuthenticator.process
+    saved = {name: VirtualAuthenticator.__dict__[name] for name in ("process", "management_config", "open", "close")}
+    VirtualAuthenticator.process = timed(process)
+    VirtualAuthenticator.management_config = timed(saved["management_config"])
+    VirtualAuthenticator.open = classmethod(timed(saved["open"].__func__))
+    VirtualAuthenticator.close = timed(saved["close"])
     try:
         yield spent
     finally:
-        VirtualAuthenticator.process = original
+        for name, value in saved.items():
+            setattr(VirtualAuthenticator, name, value)
+
+
+def _command_name(code: int) -> str:
+    try:
+        return Ctap2.CMD(code).name
+    except ValueError:
+        return f"0x{code:02x}"
+
+
+class _StepClock:
+    """Station CPU per step of `provision_item` (its `on_step` names), the key's time excluded."""
+
+    def __init__(self, inside: dict) -> None:
+        self.inside = inside
+        self.spent: dict[str, float] = {}
+        self.mark()
+
+    def _now(self) -> float:
+        return time.thread_time() - self.inside["s"]
+
+    def mark(self) -> None:
+        self._last = self._now()
+
+    def step(self, name: str, _data: dict | None = None) -> None:
+        now = self._now()
+        self.spent[name] = self.spent.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def bench_item_cpu(items: int = 20) -> dict[str, Any]:
-    """Station CPU per item (1 PIN + 2 credentials) over the direct transport, authenticator excluded."""
+    """Station CPU per item (1 PIN + 2 credentials) over the direct transport, authenticator excluded,
+    with the CTAP commands the key received per item and the station's CPU per step."""
     import json
 
     from station.customer.orders import seal_item
@@ -154,15 +211,23 @@ def bench_item_cpu(items: int = 20) -> dict[str, Any]:
             for i, (sealed, spec) in enumerate(zip(orders, specs)):
                 if i == 1:  # the first item warms caches and imports; not counted
                     total, inside["s"], exchanges["n"] = 0.0, 0.0, 0
+                    inside["commands"].clear()
+                    clock = _StepClock(inside)
                 start = time.thread_time()
+                if i:
+                    clock.mark()
                 device = open_device(spec)
+                if i:
+                    clock.step("device opened")
                 provision_item(device=device, pin_request_jwe=sealed.pin_request_jwe,
-                               credential_request_jwes=sealed.credential_request_jwes, keystore=keystore, trust=trust)
+                               credential_request_jwes=sealed.credential_request_jwes, keystore=keystore, trust=trust,
+                               on_step=clock.step if i else None)
                 device.close()
                 total += time.thread_time() - start
             authenticator = inside["s"]
     station_ms = (total - authenticator) / items * 1000
     floor = _crypto_floor_ms(pin_exchanges=exchanges["n"] / items)
+    commands = {name: n / items for name, n in sorted(inside["commands"].items())}
     return {
         "items": items,
         "station_cpu_ms": station_ms,
@@ -171,6 +236,9 @@ def bench_item_cpu(items: int = 20) -> dict[str, Any]:
         **floor,
         "ratio": station_ms / floor["floor_ms"],
         "target_ratio": TARGETS["item_cpu_ratio"],
+        "commands_per_item": commands,
+        "getinfo_per_item": commands.get("GET_INFO", 0.0),
+        "step_cpu_ms": {name: s / items * 1000 for name, s in clock.spent.items()},
     }
 
 
@@ -283,4 +351,5 @@ def run_bench(*, db_url: str | None = None, quick: bool = False, on_progress: Ca
     results["queue"] = bench_all(db_url, clients=4 if quick else 16, seconds=1 if quick else 5,
                                  runs=1 if quick else 5, many_clients=None if quick else 64)
     results["targets"] = dict(TARGETS)
+    results["issue_start"] = dict(ISSUE_START)
     return results

@@ -188,15 +188,17 @@ def run_demo_live(opts, *, show_pins: bool) -> bool:
 
 
 def bench_table(results: dict):
-    """`station bench`'s figures as one table: each figure, its value, its goal and whether it is met."""
+    """`station bench`'s figures as one table: each figure, its value, its goal, whether it is met
+    and the figure when issue 18 was filed ("at start")."""
     targets = results.get("targets", {})
+    start = results.get("issue_start", {})
     table = Table(title="station bench")
-    for column in ("figure", "value", "goal", "met", "note"):
+    for column in ("figure", "value", "goal", "met", "at start", "note"):
         table.add_column(column, overflow="fold")
 
-    def row(figure: str, value: str, goal: str = "", met: bool | None = None, note: str = "") -> None:
+    def row(figure: str, value: str, goal: str = "", met: bool | None = None, note: str = "", was: str = "") -> None:
         verdict = "" if met is None else ("[green]yes[/]" if met else "[red]no[/]")
-        table.add_row(figure, value, goal, verdict, note)
+        table.add_row(figure, value, goal, verdict, was, note)
 
     cpu = results["item_cpu"]
     row("station CPU per item (1 PIN + 2 credentials), virtual key excluded", f"{cpu['station_cpu_ms']:.1f} ms",
@@ -207,7 +209,14 @@ def bench_table(results: dict):
         note=f"{cpu['pin_exchanges']:.0f} exchanges × (keygen {cpu['p256_keygen_ms']:.2f} + ECDH {cpu['p256_ecdh_ms']:.2f} ms)")
     goal = targets.get("item_cpu_ratio", cpu["target_ratio"])
     row("item CPU ÷ full floor", f"{cpu['ratio']:.2f}×", f"≤ {goal}×", cpu["ratio"] <= goal,
-        f"floor {cpu['floor_ms']:.1f} ms")
+        f"floor {cpu['floor_ms']:.1f} ms", start.get("item_cpu_ratio", ""))
+    if "commands_per_item" in cpu:
+        commands = ", ".join(f"{name} {n:g}" for name, n in cpu["commands_per_item"].items())
+        row("getInfo read per item", f"{cpu['getinfo_per_item']:g}", note=f"CTAP commands per item: {commands}",
+            was=start.get("getinfo_per_item", ""))
+    if cpu.get("step_cpu_ms"):
+        steps = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu["step_cpu_ms"].items())
+        row("station CPU by step (ms, virtual key excluded)", f"{sum(cpu['step_cpu_ms'].values()):.1f} ms", note=steps)
     proto = results["protocol"]
     row("open_request / seal_response", f"{proto['open_request_us']:.0f} / {proto['seal_response_us']:.0f} µs",
         note=f"ECDH {proto['p384_ecdh_us']:.0f} µs, ES384 {proto['es384_sign_us']:.0f} µs")
@@ -215,15 +224,17 @@ def bench_table(results: dict):
     for transport, rates in results["virtual"]["ops_per_second"].items():
         direct = transport == "direct" and goal is not None
         row(f"virtual key over {transport}", f"{rates['makeCredential']:.0f} mc/s, {rates['getAssertion']:.0f} ga/s",
-            f"≥ {goal:.0f} mc/s" if direct else "", rates["makeCredential"] >= goal if direct else None)
+            f"≥ {goal:.0f} mc/s" if direct else "", rates["makeCredential"] >= goal if direct else None,
+            was=start.get("virtual_mc_per_s", "") if direct else "")
     trip = results["round_trip"]
     goal = targets.get("round_trip_keys_per_s")
     row("round trip on one core", f"{trip['keys_per_second']:.1f} keys/s", f"≥ {goal:.0f} keys/s" if goal else "",
-        trip["keys_per_second"] >= goal if goal else None, f"{trip['keys']} keys in {trip['seconds']:.2f} s")
+        trip["keys_per_second"] >= goal if goal else None, f"{trip['keys']} keys in {trip['seconds']:.2f} s",
+        start.get("round_trip_keys_per_s", ""))
     slots = results["slots"]
     goal = targets.get("slots_ratio", slots["target_ratio"])
     row(f"{slots['slots']} slots ÷ one key (modelled latency)", f"{slots['ratio']:.2f}×", f"≤ {goal}×",
-        slots["ratio"] <= goal, f"{slots['all_keys_s']:.2f} s vs {slots['one_key_s']:.2f} s")
+        slots["ratio"] <= goal, f"{slots['all_keys_s']:.2f} s vs {slots['one_key_s']:.2f} s", start.get("slots_ratio", ""))
     queue = results["queue"]
     if "sqlite" in queue:
         q = queue["sqlite"]
@@ -235,7 +246,8 @@ def bench_table(results: dict):
         row(f"claim+submit ÷ pgbench, {clients} clients (postgresql, median of {cmp['runs']})",
             f"{cmp['median_ratio']:.3f}", f"≥ {goal}" if index == 0 else "", cmp["median_ratio"] >= goal if index == 0 else None,
             f"spread {cmp['min_ratio']:.3f}–{cmp['max_ratio']:.3f}; {cmp['median_claim_submit_per_s']:.0f} /s vs "
-            f"{cmp['median_pgbench_tps']:.0f} tps; claim p50 {cmp['claim_ms_p50']:.2f} ms, p99 {cmp['claim_ms_p99']:.2f} ms")
+            f"{cmp['median_pgbench_tps']:.0f} tps; claim p50 {cmp['claim_ms_p50']:.2f} ms, p99 {cmp['claim_ms_p99']:.2f} ms",
+            start.get("queue_vs_pgbench", "") if index == 0 else "")
     return table
 
 

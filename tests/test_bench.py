@@ -16,6 +16,12 @@ def test_item_cpu_excludes_the_authenticator_and_reports_the_crypto_floor():
     assert result["floor_ms"] == result["p384_floor_ms"] + result["p256_floor_ms"]
     assert result["with_key_cpu_ms"] > result["station_cpu_ms"]
     assert result["ratio"] == result["station_cpu_ms"] / result["floor_ms"]
+    # the key's commands are counted (getInfo read again only when the key changed: 4 per item)
+    assert result["commands_per_item"]["MAKE_CREDENTIAL"] == 2
+    assert result["getinfo_per_item"] == result["commands_per_item"]["GET_INFO"] == 4
+    assert list(result["step_cpu_ms"]) == ["device opened", "opened", "preflight", "pin_set", "credential",
+                                           "configured", "verified", "sealed"]
+    assert all(ms > 0 for ms in result["step_cpu_ms"].values())
 
 
 def _figures() -> dict:
@@ -52,6 +58,29 @@ def test_bench_table_in_a_pipe_keeps_each_figure_on_one_line(capsys):
     assert "spread 0.200–0.400" in rows["claim+submit ÷ pgbench, 16 clients (postgresql, median of 5)"][0]
     assert "\x1b[" not in "\n".join(lines)  # no colour codes in a pipe
     assert max(len(line) for line in lines) > 80
+
+
+def test_bench_table_shows_the_figures_at_the_start_of_issue_18_next_to_the_goals():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from station.bench import ISSUE_START
+    from station.console import print_bench
+
+    figures = _figures()
+    figures["issue_start"] = dict(ISSUE_START)
+    figures["item_cpu"].update(commands_per_item={"GET_INFO": 4.0, "MAKE_CREDENTIAL": 2.0}, getinfo_per_item=4.0,
+                               step_cpu_ms={"opened": 3.0, "sealed": 5.0})
+    out = StringIO()
+    print_bench(figures, console=Console(file=out, width=10_000))
+    cells = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+             for line in out.getvalue().splitlines() if line.count("│") >= 7}
+    assert cells["item CPU ÷ full floor"][:4] == ["6.56×", "≤ 1.5×", "no", "6.6×"]
+    assert cells["getInfo read per item"][0] == "4" and cells["getInfo read per item"][3] == "8"
+    assert "GET_INFO 4, MAKE_CREDENTIAL 2" in cells["getInfo read per item"][4]
+    assert cells["station CPU by step (ms, virtual key excluded)"][4] == "opened 3.0, sealed 5.0"
+    assert cells["round trip on one core"][3] == "3.7"
 
 
 def test_bench_table_says_which_goals_are_met():

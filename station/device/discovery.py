@@ -21,6 +21,7 @@ from fido2.hid import CAPABILITY, CtapHidDevice
 from station.vendors import USB_VENDORS, lookup
 from station.device.identity import Identity, read_identity
 from station.device.faults import TRANSPORT_ERRORS, key_fault
+from station.device.session import SessionCtap2
 from station.errors import DeviceUnsupported, StationError, UsageError
 
 TRANSPORT_HID = "usb-hid"
@@ -72,11 +73,14 @@ class Device:
         return f"{self.short_model}{serial} ({self.transport} {self.path})"
 
     def ctap2(self) -> Ctap2:
-        """The one python-fido2 Ctap2 session on this key (its getInfo read once, at discovery)."""
+        """The one python-fido2 Ctap2 session on this key (a `SessionCtap2`: its get_info()
+        reuses the last getInfo answer until a command could have changed it)."""
         return self._ctap2
 
     def refresh(self) -> None:
         """Read getInfo again (after the PIN or the configuration changed)."""
+        if isinstance(self._ctap2, SessionCtap2):
+            self._ctap2.forget_info()
         self.info = self._ctap2.get_info()
 
     @property
@@ -128,7 +132,7 @@ def describe(ctap_device: CtapDevice, *, spec: str, transport: str, path: str) -
         raise DeviceUnsupported(f"{path}: a CTAP1/U2F-only key (no CTAP2): it cannot hold a PIN or a "
                                 "discoverable credential; set it aside")
     try:
-        ctap2 = Ctap2(ctap_device)
+        ctap2 = SessionCtap2(ctap_device)
         info = ctap2.info
     except TRANSPORT_ERRORS as exc:
         label = f"{_usb_name(ctap_device) or 'key'} ({transport} {path})"

@@ -1,10 +1,12 @@
-"""JOSE of the wire protocol on jwcrypto (PROTOCOL.md §2 requests, §3 responses).
+"""JOSE of the wire protocol (PROTOCOL.md §2 requests, §3 responses): the station's side on
+joserfc, the customer's on jwcrypto (station.protocol.backend says why).
 
 Station side: `check_request_header` (the service's door), `open_request`, `seal_response`.
 Customer side: `seal_request`, `open_response`. Both: `request_digest`.
 
-Only `ECDH-ES+A256KW` with `A256GCM` is ever accepted, and jwcrypto is told so (`algs=`); the
-header and its `epk` are checked here before jwcrypto sees a byte of the token.
+Only `ECDH-ES+A256KW` with `A256GCM` is ever accepted, and each library is told so (`algs=`,
+`algorithms=`); the header and its `epk` are checked here before a library sees a byte of the
+token.
 
 Canonical encodings only: every part of a compact JWE must be base64url exactly as RFC 7515 §2
 writes it (url-safe alphabet, no padding, the spare bits of the last character zero), so that one
@@ -31,7 +33,15 @@ from jwcrypto.jws import JWS
 from pydantic import BaseModel
 
 from station.errors import DecryptFailed, Expired, InvalidRequest, StationError
-from station.protocol.backend import CONTENT_ENC, KEY_ALG, SIGNING_ALG, KeyBackend, PublicKeys, jwe_decrypt
+from station.protocol.backend import (
+    CONTENT_ENC,
+    KEY_ALG,
+    SIGNING_ALG,
+    KeyBackend,
+    PublicKeys,
+    jwe_decrypt,
+    station_encrypt,
+)
 from station.protocol.messages import (
     MAX_JWE_CHARS,
     CredentialRequest,
@@ -203,9 +213,9 @@ def seal_response(
     with `cty` "JWS" (§3)."""
     if isinstance(response_key, dict):
         response_key = ResponseKey.model_validate(response_key)
-    return _encrypt(
+    return station_encrypt(
         keystore.sign(payload.to_json_bytes()).encode("ascii"),
-        response_key.to_jwk(),
+        response_key.operation_key(),
         {"kid": response_key.kid, "cty": "JWS"},
     )
 

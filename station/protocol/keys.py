@@ -35,7 +35,7 @@ from jwcrypto.jwk import JWK
 
 from station.errors import DecryptFailed, KeyStoreError
 from station.fsutil import atomic_write
-from station.protocol.backend import jwe_decrypt, jws_sign
+from station.protocol.backend import operation_key, station_decrypt, station_sign
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class KeyStore:
         self.path = path
         self._entries = entries
         self._private: dict[str, JWK] = {}
+        self._operation: dict[str, object] = {}  # kid -> joserfc key, built once per key load
 
     # -- opening --------------------------------------------------------------------------
 
@@ -178,15 +179,16 @@ class KeyStore:
 
     def decrypt(self, compact: str, *, kid: str, max_plaintext: int) -> bytes:
         """The plaintext of a request JWE under transport key `kid` (DecryptFailed otherwise)."""
-        key = self.transport_key(kid)
+        self.check_transport_kid(kid)
         try:
-            return jwe_decrypt(compact, key, max_plaintext=max_plaintext)
+            return station_decrypt(compact, self._operation_key(kid), max_plaintext=max_plaintext)
         except ValueError:
             raise DecryptFailed("the JWE does not decrypt with the named key") from None
 
     def sign(self, payload: bytes) -> str:
         """`payload` as a compact ES384 JWS under the newest active signing key."""
-        return jws_sign(payload, self.signing_key())
+        kid = self.signing_kid
+        return station_sign(payload, self._operation_key(kid), kid)
 
     def signing_key(self) -> JWK:
         """The newest active signing key (private)."""
@@ -225,6 +227,12 @@ class KeyStore:
         self._save_metadata()
         self._private[kid] = key
         return kid
+
+    def _operation_key(self, kid: str):
+        """The joserfc key object of `kid`, built from its JWK once per load of the store."""
+        if kid not in self._operation:
+            self._operation[kid] = operation_key(self._load(kid))
+        return self._operation[kid]
 
     def _load(self, kid: str) -> JWK:
         if kid not in self._private:

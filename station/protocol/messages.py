@@ -32,6 +32,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -135,9 +136,11 @@ class ResponseKey(_Wire):
             raise ValueError("a response key must be public only (it carries 'd')")
         return data
 
+    _point: Any = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _on_curve(self) -> ResponseKey:
-        public_key_p384(self.x, self.y)
+        self._point = public_key_p384(self.x, self.y)
         return self
 
     def to_jwk(self):
@@ -145,6 +148,12 @@ class ResponseKey(_Wire):
         from jwcrypto.jwk import JWK
 
         return JWK(**self.model_dump(exclude_none=True))
+
+    def operation_key(self):
+        """The key as a joserfc key object, built on the point checked at validation."""
+        from joserfc.jwk import ECKey
+
+        return ECKey.import_key(self._point)
 
 
 def public_key_p384(x: str, y: str) -> ec.EllipticCurvePublicKey:
@@ -406,6 +415,9 @@ def _canonical_uuid(value: str) -> str:
     return value
 
 
+_NULLABLE_MEMBERS = tuple((name, to_camel(name)) for name in ("serial_number", "firmware_version"))
+
+
 class _ResponseCommon(_Wire):
     """The members every response payload carries (§3); `serialNumber` and
     `firmwareVersion` are always present, possibly null."""
@@ -423,9 +435,8 @@ class _ResponseCommon(_Wire):
     @model_serializer(mode="wrap")
     def _nullable_members_stay(self, handler):
         data = handler(self)
-        by_alias = "requestId" in data
-        for name in ("serial_number", "firmware_version"):
-            data.setdefault(to_camel(name) if by_alias else name, None)
+        for name, alias in _NULLABLE_MEMBERS:
+            data.setdefault(alias if "requestId" in data else name, None)
         return data
 
 

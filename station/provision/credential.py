@@ -14,6 +14,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from fido2.webauthn import (
     PublicKeyCredentialCreationOptions,
 )
 
+from station.device.session import SessionCtap2, client_on_session
 from station.errors import DeviceError, DeviceUnsupported, StationError, UserPresenceTimeout
 from station.provision.pin import Pin
 
@@ -124,13 +126,17 @@ def _client_error(exc: ClientError) -> StationError:
 
 class CredentialMaker:
     """authenticatorMakeCredential for each credential request of one item, through one
-    python-fido2 Fido2Client (one getInfo per item, not one per credential)."""
+    python-fido2 Fido2Client, sending through the key's session (`session`): its getInfo reads
+    reuse the session's until a command changes what getInfo reports."""
 
     def __init__(self, ctap_device: CtapDevice, pin: Pin, *, transports: list[str],
-                 on_touch: Callable[[], None] | None = None, event: threading.Event | None = None) -> None:
+                 on_touch: Callable[[], None] | None = None, event: threading.Event | None = None,
+                 session: SessionCtap2 | None = None) -> None:
+        """`session`: the opened key's Ctap2 (`Device.ctap2()`), which the client then sends
+        through, so that its reads of getInfo reuse the session's."""
         self._collector = _ExactClientData()
-        self._client = Fido2Client(
-            ctap_device,
+        build = partial(client_on_session, session) if session is not None else partial(Fido2Client, ctap_device)
+        self._client = build(
             self._collector,
             _StationInteraction(pin, on_touch),
             extensions=[

@@ -229,7 +229,7 @@ def provision_item(
         doing = "checking it holds no credential"
         _check_no_credentials(device, pin)
         maker = CredentialMaker(device.ctap_device, pin, transports=device.transports,
-                                on_touch=on_touch, event=event)
+                                on_touch=on_touch, event=event, session=device.ctap2())
         made = []
         for index, (req, _) in enumerate(item.credential_requests):
             doing = f"making credential {index + 1}"
