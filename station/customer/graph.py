@@ -168,12 +168,27 @@ def _odata_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-USER_FIELDS = "id,userPrincipalName,displayName"
+#: What enrollment reads of a user ("user resource type", Graph v1.0): the names, mail and
+#: phones (returned by default) and the postal address members, which Graph returns "only on
+#: $select" (streetAddress, city, state, postalCode, country, companyName). `country` is a
+#: free-form string ("US", "United States"): the service maps it to ISO 3166 alpha-2.
+ADDRESS_FIELDS = ("givenName", "surname", "mail", "mobilePhone", "businessPhones", "companyName",
+                  "streetAddress", "city", "state", "postalCode", "country")
+USER_FIELDS = ",".join(("id", "userPrincipalName", "displayName") + ADDRESS_FIELDS)
 
 
 def _person(body: dict) -> dict:
-    return {"id": body.get("id"), "userPrincipalName": body.get("userPrincipalName"),
-            "displayName": body.get("displayName")}
+    """{"id", "userPrincipalName", "displayName"} and the ADDRESS_FIELDS as Graph gave them
+    (None, or [] for businessPhones, where the directory holds nothing)."""
+    person = {"id": body.get("id"), "userPrincipalName": body.get("userPrincipalName"),
+              "displayName": body.get("displayName")}
+    for name in ADDRESS_FIELDS:
+        value = body.get(name)
+        if name == "businessPhones":
+            person[name] = [p for p in value if isinstance(p, str)] if isinstance(value, list) else []
+        else:
+            person[name] = value if isinstance(value, str) else None
+    return person
 
 
 class GraphClient(ProviderClient):
@@ -251,7 +266,7 @@ class GraphClient(ProviderClient):
 
     def get_user(self, user: str) -> dict:
         """A user by object id or userPrincipalName (`GET /v1.0/users/{id | userPrincipalName}`)
-        → {"id", "userPrincipalName", "displayName"}."""
+        → {"id", "userPrincipalName", "displayName", and the ADDRESS_FIELDS}."""
         if not user or not user.strip():
             raise ValueError("a user id or userPrincipalName is required")
         body = checked(_User, self._call("GET", f"/users/{_quote(user.strip())}", f"the read of user {user!r}",
@@ -263,7 +278,7 @@ class GraphClient(ProviderClient):
         """The users who are direct members of the one group with this displayName
         (`GET /v1.0/groups?$filter=displayName eq '...'`, then `/groups/{id}/members`, every
         `@odata.nextLink` page followed; members that are not users, such as devices or nested
-        groups, are left out) → [{"id", "userPrincipalName", "displayName"}]."""
+        groups, are left out) → [{"id", "userPrincipalName", "displayName", ADDRESS_FIELDS...}]."""
         group = self._one_group(group_name)
         people: list[dict] = []
         page: str = f"/groups/{_quote(group['id'])}/members"

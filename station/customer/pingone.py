@@ -186,10 +186,28 @@ def _filter_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+#: What enrollment reads of a user ("Users", PingOne Platform API): the name, email, phones and
+#: the address (streetAddress, locality, region, postalCode, countryCode: ISO 3166-1 alpha-2).
+ADDRESS_MEMBERS = ("streetAddress", "locality", "region", "postalCode", "countryCode")
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 def _person(body: dict) -> dict:
+    """{"id", "username", "displayName", "name": {"given", "family"}, "email", "mobilePhone",
+    "primaryPhone", "address": {ADDRESS_MEMBERS} | None} (PingOne leaves unset attributes out:
+    they are None here)."""
     name = body.get("name") if isinstance(body.get("name"), dict) else {}
     formatted = name.get("formatted") or " ".join(p for p in (name.get("given"), name.get("family")) if p)
-    return {"id": body.get("id"), "username": body.get("username"), "displayName": formatted or body.get("username")}
+    address = body.get("address") if isinstance(body.get("address"), dict) else {}
+    address = {k: _text(address.get(k)) for k in ADDRESS_MEMBERS}
+    return {"id": body.get("id"), "username": body.get("username"), "displayName": formatted or body.get("username"),
+            "name": {"given": _text(name.get("given")), "family": _text(name.get("family"))},
+            "email": _text(body.get("email")), "mobilePhone": _text(body.get("mobilePhone")),
+            "primaryPhone": _text(body.get("primaryPhone")),
+            "address": address if any(address.values()) else None}
 
 
 class PingOneClient(ProviderClient):
@@ -239,7 +257,7 @@ class PingOneClient(ProviderClient):
 
     def get_user(self, user: str) -> dict:
         """A user by id (`GET /users/{id}`) or by username (`GET /users?filter=username eq
-        "..."`) → {"id", "username", "displayName"}."""
+        "..."`) → `_person`'s dict (names, email, phones, address)."""
         if not user or not user.strip():
             raise ValueError("a user id or username is required")
         user = user.strip()
@@ -257,7 +275,7 @@ class PingOneClient(ProviderClient):
     def group_members(self, group_name: str) -> list[dict]:
         """The users who are members of the one group with this name (`GET /groups?filter=name
         eq "..."`, then `GET /users?filter=memberOfGroups[id eq "..."]`, every `_links.next`
-        page followed) → [{"id", "username", "displayName"}]."""
+        page followed) → [`_person`'s dict, ...]."""
         if not group_name or not group_name.strip():
             raise ValueError("a group name is required")
         groups = self._page("/groups", f"the search for group {group_name!r}",

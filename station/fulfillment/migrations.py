@@ -260,3 +260,23 @@ def _directories(conn: Connection) -> None:
 
     for table in define_tables(MetaData()):
         create_table(conn, table)
+
+
+# -- dir-polish: one pending enrollment per directory user (issue 15) ----------------------------
+@step("directories: one pending enrollment per user")
+def _one_pending_enrollment(conn: Connection) -> None:
+    """A partial unique index on (config_id, user_id) over pending enrollments, so two
+    concurrent enrolls of one user cannot both queue a key. Pending duplicates made before it
+    (both keys already queued) are not guessed away: the step stops and names them, for the
+    operator to cancel one shipment (`station cancel`) and mark its enrollment."""
+    from station.fulfillment.directories.tables import ONE_PENDING, define_tables
+
+    enrollments = define_tables(MetaData())[1]
+    twice = conn.execute(text(
+        "SELECT config_id, user_id, COUNT(*) FROM directory_enrollments WHERE state = 'pending' "
+        "GROUP BY config_id, user_id HAVING COUNT(*) > 1")).all()
+    if twice:
+        named = ", ".join(f"configuration {c} user {u!r} ({n} pending)" for c, u, n in twice)
+        raise RuntimeError(f"directory users with more than one pending enrollment: {named}; cancel all but "
+                           "one of their shipments and set those enrollments' state to 'cancelled', then migrate")
+    add_index(conn, next(i for i in enrollments.indexes if i.name == ONE_PENDING))

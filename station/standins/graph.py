@@ -99,7 +99,17 @@ and the policy read the pre-flight needs."""
 
 POLICY_PATH = "policies/authenticationMethodsPolicy/authenticationMethodConfigurations/fido2"
 ALL_USERS = "all_users"
-SELECTABLE = {"id", "userPrincipalName", "displayName", "mail", "accountEnabled", "givenName", "surname"}
+#: "user resource type" (Graph v1.0): the properties a GET returns without $select ...
+DEFAULT_USER_PROPERTIES = ("businessPhones", "displayName", "givenName", "id", "jobTitle", "mail", "mobilePhone",
+                           "officeLocation", "preferredLanguage", "surname", "userPrincipalName")
+#: ... and the ones modelled here that it returns "only on $select".
+SELECT_ONLY = ("accountEnabled", "companyName", "streetAddress", "city", "state", "postalCode", "country",
+               "usageLocation")
+SELECTABLE = set(DEFAULT_USER_PROPERTIES) | set(SELECT_ONLY)
+#: the user's attributes a test or the demo may set (`add_user(..., city="Oslo")`); unset → null
+USER_ATTRIBUTES = ("givenName", "surname", "mail", "mobilePhone", "businessPhones", "jobTitle", "officeLocation",
+                   "preferredLanguage", "companyName", "streetAddress", "city", "state", "postalCode", "country",
+                   "usageLocation")
 INSUFFICIENT = "Insufficient privileges to complete the operation."
 
 
@@ -130,6 +140,7 @@ class GraphUser:
     id: str
     upn: str
     display_name: str
+    attributes: dict = field(default_factory=dict)  # USER_ATTRIBUTES that are set
 
     @property
     def handle(self) -> bytes:
@@ -178,8 +189,15 @@ class GraphStandin:
             self.acting_user[client_id] = acting_user
         return client_id, app.secret
 
-    def add_user(self, upn: str, display_name: str, *, user_id: str | None = None) -> GraphUser:
-        user = GraphUser(user_id or str(uuid.uuid4()), upn, display_name)
+    def add_user(self, upn: str, display_name: str, *, user_id: str | None = None, **attributes) -> GraphUser:
+        """A user; `attributes` are user-resource properties by their Graph names (givenName,
+        mail, mobilePhone, businessPhones [list], streetAddress, city, state, postalCode,
+        country — free text such as "United States", as Entra stores it —, ...). Unset ones
+        read as null (businessPhones as [])."""
+        unknown = set(attributes) - set(USER_ATTRIBUTES)
+        if unknown:
+            raise TypeError(f"not a modelled user property: {sorted(unknown)}")
+        user = GraphUser(user_id or str(uuid.uuid4()), upn, display_name, dict(attributes))
         self.users[user.id] = user
         return user
 
@@ -483,12 +501,13 @@ def _merged(policy: dict, changes: dict) -> dict:
 
 
 def _user_json(user: GraphUser, select: list[str]) -> dict:
-    full = {"id": user.id, "userPrincipalName": user.upn, "displayName": user.display_name,
-            "mail": user.upn, "accountEnabled": True, "givenName": user.display_name.split(" ")[0],
-            "surname": user.display_name.split(" ")[-1]}
-    if not select:
-        return full
-    return {k: full[k] for k in select}
+    """The user as Graph v1.0 returns it: the default properties without $select, exactly the
+    selected ones with it; a property the directory holds nothing for is null ([] for
+    businessPhones), as Graph answers it."""
+    full = {name: None for name in USER_ATTRIBUTES}
+    full.update({"id": user.id, "userPrincipalName": user.upn, "displayName": user.display_name,
+                 "accountEnabled": True, "businessPhones": [], **user.attributes})
+    return {k: full[k] for k in (select or DEFAULT_USER_PROPERTIES)}
 
 
 def create_app(standin: GraphStandin):

@@ -132,6 +132,10 @@ class Fido2Policy:
         return body
 
 
+#: "Users" (PingOne Platform API): the members of a user's `address` attribute.
+ADDRESS_MEMBERS = ("streetAddress", "locality", "region", "postalCode", "countryCode")
+
+
 @dataclass
 class PingUser:
     id: str
@@ -139,10 +143,21 @@ class PingUser:
     email: str
     given: str | None = None
     family: str | None = None
+    mobile_phone: str | None = None
+    primary_phone: str | None = None
+    address: dict | None = None  # ADDRESS_MEMBERS that are set
 
     def resource(self, env: str) -> dict:
+        """The user as PingOne's "Read One User" returns it: attributes that hold no value are
+        left out of the body (not null)."""
         body = {"id": self.id, "environment": {"id": env}, "username": self.username, "email": self.email,
                 "enabled": True, "lifecycle": {"status": "ACCOUNT_OK"}}
+        if self.mobile_phone:
+            body["mobilePhone"] = self.mobile_phone
+        if self.primary_phone:
+            body["primaryPhone"] = self.primary_phone
+        if self.address:
+            body["address"] = dict(self.address)
         if self.given or self.family:
             body["name"] = {k: v for k, v in (("given", self.given), ("family", self.family)) if v}
             body["name"]["formatted"] = " ".join(p for p in (self.given, self.family) if p)
@@ -236,8 +251,18 @@ class PingOneStandin:
         return client_id, app.secret
 
     def add_user(self, username: str, *, user_id: str | None = None, given: str | None = None,
-                 family: str | None = None) -> PingUser:
-        user = PingUser(user_id or str(uuid.uuid4()), username, username, given, family)
+                 family: str | None = None, email: str | None = None, mobile_phone: str | None = None,
+                 primary_phone: str | None = None, address: dict | None = None) -> PingUser:
+        """A user; `address` holds PingOne's address members (streetAddress, locality, region,
+        postalCode, countryCode — two letters, ISO 3166-1 alpha-2, as PingOne validates it)."""
+        address = {k: v for k, v in (address or {}).items() if v}
+        unknown = set(address) - set(ADDRESS_MEMBERS)
+        if unknown:
+            raise TypeError(f"not a PingOne address member: {sorted(unknown)}")
+        if "countryCode" in address and not re.fullmatch(r"[A-Z]{2}", address["countryCode"]):
+            raise ValueError("address.countryCode must be an ISO 3166-1 alpha-2 code")
+        user = PingUser(user_id or str(uuid.uuid4()), username, email or username, given, family,
+                        mobile_phone, primary_phone, address or None)
         self.users[user.id] = user
         return user
 

@@ -85,7 +85,9 @@ def test_a_worker_without_role_assignments_gets_a_token_and_403s(pingone):
 
 def test_get_user_by_id_or_username(pingone):
     user = pingone.standin.add_user("jo@example.org", given="Jo", family="March")
-    expected = {"id": user.id, "username": "jo@example.org", "displayName": "Jo March"}
+    expected = {"id": user.id, "username": "jo@example.org", "displayName": "Jo March",
+                "name": {"given": "Jo", "family": "March"}, "email": "jo@example.org", "mobilePhone": None,
+                "primaryPhone": None, "address": None}  # PingOne leaves unset attributes out: None here
     assert pingone.client.get_user(user.id) == expected
     assert pingone.client.get_user("JO@example.org") == expected
     assert pingone.client.get_user(pingone.user_id)["displayName"] == "lee@example.org"  # no name: the username

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -35,6 +36,7 @@ from station.customer.http import ProviderError, ProviderUnreachable, Throttled,
 from station.customer.pingone import PingOneClient
 from station.customer.settings import GraphSettings, PingOneSettings
 from station.errors import StationError
+from station.fulfillment.directories.countries import alpha2
 from station.fulfillment.directories.models import (
     CONFIRMATION,
     DirectoryCreate,
@@ -444,11 +446,9 @@ class Directories:
             except ServiceError as exc:
                 return EnrollOutcome(user=who, user_id=user["id"], outcome="failed", message=exc.message)
         settings = json.loads(row.settings)
-        envelope = shipping_envelope(user, settings.get("default_address"))
+        envelope, note = plan_envelope(user, settings.get("default_address"))
         if envelope is None:
-            return EnrollOutcome(user=who, user_id=user["id"], outcome="skipped",
-                                 message="no complete mailing address in the directory and no default address "
-                                         "on the configuration: nothing was created for this user")
+            return EnrollOutcome(user=who, user_id=user["id"], outcome="skipped", message=note)
         device_id = None
         try:
             if row.kind == "entra":
@@ -470,12 +470,16 @@ class Directories:
         except ProviderError as exc:
             return EnrollOutcome(user=who, user_id=user["id"], outcome="failed", message=exc.message)
         try:
-            return self._ship(row, user, who, envelope, public_key, origin, not_after, device_id)
-        except StationError as exc:
+            done = self._ship(row, user, who, envelope, public_key, origin, not_after, device_id)
+        except (StationError, _LostRace) as exc:
             if device_id is not None:  # nothing half-created: the device we made goes again
                 with _suppressed():
                     client.delete_device(user["id"], device_id)
+            if isinstance(exc, _LostRace):  # a concurrent enroll of this user won
+                return EnrollOutcome(user=who, user_id=user["id"], outcome="already_pending",
+                                     shipment_id=exc.shipment_id, message="a key for this user is already on its way")
             return EnrollOutcome(user=who, user_id=user["id"], outcome="failed", message=exc.message)
+        return done.model_copy(update={"message": note}) if note else done
 
     def _ship(self, row, user, who, envelope, public_key, origin, not_after, device_id) -> EnrollOutcome:
         from station.fulfillment.api import accept_shipment
@@ -515,9 +519,15 @@ class Directories:
                     not_after=_epoch(not_after), credential_request=cred_jwe,
                     credential_request_id=cred_request["requestId"], pin_request=pin_jwe,
                     pin_request_id=pin_request["requestId"], next_attempt=now, created=now, updated=now))
-        except BaseException:
+        except BaseException as exc:
             with _suppressed():  # the shipment alone would be programmed and never registered
                 self.store.delete_shipment(row.owner, shipment_id)
+            if isinstance(exc, IntegrityError):  # directory_enrollments_one_pending: another enroll won
+                with self.store._tx() as conn:
+                    winner = conn.execute(select(directory_enrollments.c.shipment_id).where(
+                        directory_enrollments.c.config_id == row.id, directory_enrollments.c.user_id == user["id"],
+                        directory_enrollments.c.state == "pending")).scalar()
+                raise _LostRace(winner) from None
             raise
         return EnrollOutcome(user=who, user_id=user["id"], outcome="enrolled", shipment_id=shipment_id)
 
@@ -724,39 +734,79 @@ def _names(user: dict) -> tuple[str, str]:
     return first[:15], last[:20]
 
 
-def _user_address(user: dict) -> dict[str, str] | None:
-    """A complete mailing address from the directory's user (Graph's streetAddress/city/state/
-    postalCode/country; PingOne's address object), or None."""
+#: PROTOCOL.md §4's limits on the mailing address (YubiEnterprise's): a directory value longer
+#: than these is not cut short (a truncated street is a lost parcel): the default address is used.
+ADDRESS_LIMITS = {"street_line1": 60, "street_line2": 60, "city": 60, "region": 50, "postal_code": 20}
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+
+
+def _user_address(user: dict) -> tuple[dict[str, str] | None, str]:
+    """A complete mailing address from the directory's user → (address, "") or (None, why not).
+    Graph: streetAddress (its lines → street_line1/2), city, state, postalCode and `country`,
+    free text ("United States") mapped to ISO 3166-1 alpha-2 (countries.alpha2); PingOne: the
+    `address` object (countryCode is alpha-2 already)."""
     ping = user.get("address") if isinstance(user.get("address"), dict) else {}
+    street = user.get("streetAddress") or ping.get("streetAddress") or ""
+    lines = [line.strip() for line in street.replace("\r", "\n").split("\n") if line.strip()]
+    raw_country = user.get("country") or ping.get("countryCode") or ""
     address = {
-        "street_line1": user.get("streetAddress") or ping.get("streetAddress"),
-        "city": user.get("city") or ping.get("locality"),
-        "region": user.get("state") or ping.get("region") or "",
-        "postal_code": user.get("postalCode") or ping.get("postalCode") or "",
-        "country_code_2": user.get("country") or ping.get("countryCode") or user.get("usageLocation"),
+        "street_line1": lines[0] if lines else "",
+        "street_line2": ", ".join(lines[1:]),
+        "city": (user.get("city") or ping.get("locality") or "").strip(),
+        "region": (user.get("state") or ping.get("region") or "").strip(),
+        "postal_code": (user.get("postalCode") or ping.get("postalCode") or "").strip(),
     }
-    if not (address["street_line1"] and address["city"] and address["country_code_2"]):
-        return None
-    return {**address, "street_line2": ""}
+    if not any(address.values()) and not raw_country:
+        return None, "the directory holds no address for this user"
+    missing = [label for label, value in (("street", address["street_line1"]), ("city", address["city"]),
+                                          ("country", raw_country.strip())) if not value]
+    if missing:
+        return None, f"the directory's address for this user has no {' and no '.join(missing)}"
+    country = alpha2(raw_country)
+    if country is None:
+        return None, (f"the directory's country {raw_country.strip()[:60]!r} is not an ISO 3166 country name or "
+                      "two-letter code (set it to e.g. \"US\" or \"United States\")")
+    if country in ("US", "CA") and not address["region"]:
+        return None, f"the directory's address for this user has no state/region (required for {country})"
+    for member, limit in ADDRESS_LIMITS.items():
+        if len(address[member]) > limit:
+            return None, f"the directory's address is too long for a shipment ({member} over {limit} characters)"
+        if _UNPRINTABLE.search(address[member]):
+            return None, f"the directory's address holds control characters ({member})"
+    return {**address, "country_code_2": country}, ""
 
 
-def shipping_envelope(user: dict, default: dict | None) -> dict | None:
-    """The shipment's recipient and mailing address: the directory user's where complete, else
-    the configuration's default address; None when neither."""
-    own = _user_address(user)
-    telephone = user.get("mobilePhone") or user.get("mobile") or (user.get("businessPhones") or [None])[0]
+def plan_envelope(user: dict, default: dict | None) -> tuple[dict | None, str]:
+    """The shipment's recipient and mailing address → (envelope, note): the directory user's
+    address where complete (note ""), else the configuration's default address (note: why the
+    user's was not used), else (None, why nothing can ship)."""
+    own, why = _user_address(user)
+    phones = [user.get("mobilePhone"), user.get("mobile"), *(user.get("businessPhones") or []),
+              user.get("primaryPhone")]
+    telephone = next((p.strip() for p in phones if isinstance(p, str) and p.strip()), "")
     if own is None and default is None:
-        return None
+        return None, (f"no usable mailing address in the directory ({why}) and no default address on the "
+                      "configuration: nothing was created for this user")
     address = own or {k: default[k] for k in ("street_line1", "street_line2", "city", "region", "postal_code",
                                               "country_code_2")}
     first, last = _names(user)
     email = user.get("mail") or user.get("email") or _user_name(user)
-    recipient = {"recipient_company": (default or {}).get("recipient_company", "")[:20],
-                 "recipient_email": email, "recipient_firstname": first, "recipient_lastname": last,
+    company = (user.get("companyName") if own else None) or (default or {}).get("recipient_company") or ""
+    telephone = telephone[:40] if telephone and len(telephone) <= 40 else ""
+    recipient = {"recipient_company": company[:20], "recipient_email": email, "recipient_firstname": first,
+                 "recipient_lastname": last,
                  "recipient_telephone": telephone or (default or {}).get("recipient_telephone") or ""}
     if not recipient["recipient_telephone"]:
-        return None
-    return {"delivery_type": 1, "recipient": recipient, "mailing_address": address}
+        return None, ("no telephone number for the recipient (the directory holds none for this user and the "
+                      "configuration has no default address): nothing was created for this user")
+    note = "" if own else f"shipped to the configuration's default address: {why}"
+    return {"delivery_type": 1, "recipient": recipient, "mailing_address": address}, note
+
+
+def shipping_envelope(user: dict, default: dict | None) -> dict | None:
+    """The shipment's recipient and mailing address: the directory user's where complete, else
+    the configuration's default address; None when neither (plan_envelope says why)."""
+    return plan_envelope(user, default)[0]
 
 
 def _epoch(value: str | None) -> float | None:
@@ -768,6 +818,15 @@ def _epoch(value: str | None) -> float | None:
 def _config(r) -> Config:
     return Config(r.id, r.owner, r.name, r.kind, r.directory_id, r.client_id, json.loads(r.settings),
                   json.loads(r.pin_delivery_key), json.loads(r.response_key_public), r.created, r.updated)
+
+
+class _LostRace(Exception):
+    """The enrollment's row was refused by the one-pending-per-user index: a concurrent enroll
+    of the same user stored theirs first (its shipment id, if it is still pending)."""
+
+    def __init__(self, shipment_id: str | None) -> None:
+        super().__init__("already pending")
+        self.shipment_id = shipment_id
 
 
 class _suppressed:

@@ -9,7 +9,13 @@ database; the audit holds no secret, token or PIN.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Double, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import Column, Double, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, text
+
+#: at most one pending enrollment per (configuration, directory user): two concurrent enrolls
+#: of one user cannot both pass the already-pending check (a partial unique index, SQLite and
+#: PostgreSQL alike; migration step "directories: one pending enrollment per user")
+ONE_PENDING = "directory_enrollments_one_pending"
+PENDING = text("state = 'pending'")
 
 
 def define_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
@@ -57,6 +63,7 @@ def define_tables(metadata: MetaData) -> tuple[Table, Table, Table]:
         Column("updated", Double, nullable=False),
         Index("directory_enrollments_user", "config_id", "user_id", "state"),
         Index("directory_enrollments_pending", "state", "next_attempt"),
+        Index(ONE_PENDING, "config_id", "user_id", unique=True, sqlite_where=PENDING, postgresql_where=PENDING),
     )
     audit = Table(
         "directory_audit", metadata,
