@@ -277,6 +277,6 @@ def _one_pending_enrollment(conn: Connection) -> None:
         "GROUP BY config_id, user_id HAVING COUNT(*) > 1")).all()
     if twice:
         named = ", ".join(f"configuration {c} user {u!r} ({n} pending)" for c, u, n in twice)
-        raise RuntimeError(f"directory users with more than one pending enrollment: {named}; cancel all but "
+        raise UsageError(f"directory users with more than one pending enrollment: {named}; cancel all but "
                            "one of their shipments and set those enrollments' state to 'cancelled', then migrate")
     add_index(conn, next(i for i in enrollments.indexes if i.name == ONE_PENDING))

@@ -787,8 +787,8 @@ def plan_envelope(user: dict, default: dict | None) -> tuple[dict | None, str]:
     if own is None and default is None:
         return None, (f"no usable mailing address in the directory ({why}) and no default address on the "
                       "configuration: nothing was created for this user")
-    address = own or {k: default[k] for k in ("street_line1", "street_line2", "city", "region", "postal_code",
-                                              "country_code_2")}
+    address = own or {k: default.get(k) or "" for k in ("street_line1", "street_line2", "city", "region",
+                                                        "postal_code", "country_code_2")}
     first, last = _names(user)
     email = user.get("mail") or user.get("email") or _user_name(user)
     company = (user.get("companyName") if own else None) or (default or {}).get("recipient_company") or ""
