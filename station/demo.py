@@ -90,6 +90,8 @@ class Row:
     order: Order | None = field(default=None, repr=False)
     #: why this key's sign-in could not be tried here (a real Okta mails the PIN itself)
     signin_skipped: str = ""
+    #: --directory: where the key ships ("Austin, US"), the directory's address or the default's
+    ship_to: str = field(default="", repr=False)
 
 
 @dataclass
@@ -502,13 +504,15 @@ def run_directory_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], No
         try:
             people = demo_users(provider, opts.keys)
             if kind == "entra":
-                users = [standin.add_user(p["login"], f"{p['first_name']} {p['last_name']}", user_id=p["id"])
-                         for p in people]
+                users = [standin.add_user(p["login"], f"{p['first_name']} {p['last_name']}", user_id=p["id"],
+                                          **_demo_graph_address(n)) for n, p in enumerate(people)]
                 standin.add_group(DEMO_GROUP, [u.id for u in users])
                 directory = {"kind": "entra", "tenant_id": standin.tenant_id,
                              "endpoints": {"graph_url": server.url, "login_url": server.url}}
             else:
-                users = [standin.add_user(p["login"], user_id=p["id"]) for p in people]
+                users = [standin.add_user(p["login"], user_id=p["id"], given=p["first_name"] or None,
+                                          family=p["last_name"] or None, **_demo_ping_address(n))
+                         for n, p in enumerate(people)]
                 standin.add_group(DEMO_GROUP, [u.id for u in users])
                 policy = standin.add_policy(PINGONE_RP_ID)
                 directory = {"kind": "pingone", "environment_id": standin.environment_id,
@@ -559,6 +563,8 @@ def run_directory_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], No
                     if enrollment is None or enrollment["state"] != "registered":
                         continue
                     shipment = _api(api, "GET", f"/v1/fpr/shipments/{row.shipment}")
+                    where = shipment.get("mailing_address") or {}
+                    row.ship_to = f"{where.get('city', '')}, {where.get('country_code_2', '')}"
                     product = shipment["shipment_items"][0]["product_data"][0]
                     row.serial = product.get("serial_number") or row.serial
                     try:  # the customer's PIN delivery: only the PIN-delivery private key opens it
@@ -581,6 +587,31 @@ def run_directory_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], No
             server.stop()
             store.close()
     return DemoResult(rows, time.monotonic() - started)
+
+
+#: The demo directory's postal addresses: some users have one (Graph's `country` as free text,
+#: as Entra stores it; PingOne's alpha-2 countryCode), others none and ship to the default.
+_DEMO_ADDRESSES = [
+    {"street": "500 Congress Ave", "city": "Austin", "region": "TX", "postal": "78701", "country": "United States",
+     "code": "US", "phone": "+1 512 555 0101"},
+    None,
+    {"street": "Friedrichstrasse 43", "city": "Berlin", "region": "", "postal": "10117", "country": "Germany",
+     "code": "DE", "phone": "+49 30 5550102"},
+    None,
+]
+
+
+def _demo_graph_address(n: int) -> dict:
+    a = _DEMO_ADDRESSES[n % len(_DEMO_ADDRESSES)]
+    return {} if a is None else {"streetAddress": a["street"], "city": a["city"], "state": a["region"] or None,
+                                 "postalCode": a["postal"], "country": a["country"], "mobilePhone": a["phone"]}
+
+
+def _demo_ping_address(n: int) -> dict:
+    a = _DEMO_ADDRESSES[n % len(_DEMO_ADDRESSES)]
+    return {} if a is None else {"mobile_phone": a["phone"], "address": {
+        "streetAddress": a["street"], "locality": a["city"], "region": a["region"], "postalCode": a["postal"],
+        "countryCode": a["code"]}}
 
 
 class _SignInAt:

@@ -133,6 +133,8 @@ def test_the_directory_demo_enrolls_a_group_registers_and_every_user_signs_in(di
     assert len(result.rows) == 3 and len({r.serial for r in result.rows}) == 3
     for row in result.rows:
         assert row.state == "signed in" and row.verified and row.signed_in and not row.error
+    # the directory's own addresses where it holds one (Graph's "United States" → US), else the default
+    assert [r.ship_to for r in result.rows] == ["Austin, US", "Springfield, US", "Berlin, DE"]
 
 
 def test_the_directory_demo_command_exits_0():
