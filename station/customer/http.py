@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from station.errors import StationError
+from station.tls import client_tls_context
 
 
 class ProviderError(StationError):
@@ -118,7 +119,8 @@ class ProviderHttp:
                  transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
                  throttled: Callable[[httpx.Response, float], Throttled] | None = None) -> None:
         self.name = name
-        self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                 verify=client_tls_context())
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         self.tokens = tokens
