@@ -71,16 +71,16 @@ def _part_of(frame, thread_name: str) -> tuple[str, str]:
     library = ""
     while frame is not None:
         path = frame.f_code.co_filename
-        if not library:
-            for name, fragments in LIBRARIES:
-                if any(f in path for f in fragments):
-                    library = name
-                    break
         for part, fragments in PARTS:
             if any(f in path for f in fragments):
                 if part == "identity provider":
                     part = STANDIN_FUNCTIONS.get(frame.f_code.co_name, part)
                 return part, library or "own code"
+        if not library:
+            for name, fragments in LIBRARIES:
+                if any(f in path for f in fragments):
+                    library = name
+                    break
         frame = frame.f_back
     for prefix, part in THREAD_PARTS:
         if thread_name.startswith(prefix):
@@ -91,7 +91,7 @@ def _part_of(frame, thread_name: str) -> tuple[str, str]:
 class CpuBreakdown:
     """`with CpuBreakdown() as cpu: ...` then `cpu.parts()` → {part: {library: CPU seconds}}."""
 
-    def __init__(self, interval: float = 0.002) -> None:
+    def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
         self._stop = threading.Event()
         self._spent: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
