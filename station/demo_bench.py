@@ -169,7 +169,7 @@ def bench_round_trip(keys: int = 12, *, breakdown: bool = True) -> dict[str, Any
         _check(result)
         out: dict[str, Any] = {"keys": keys, "seconds": round(result.seconds, 3),
                                "keys_per_second": round(keys / result.seconds, 2),
-                               "cpu_s": round(cpu, 3), "phases_s": getattr(result, "phases", None)}
+                               "cpu_s": round(cpu, 3)}
         if breakdown:
             with CpuBreakdown() as sampler:
                 sampled = run_demo(DemoOptions(keys=keys))
