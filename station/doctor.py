@@ -28,7 +28,7 @@ import re
 import stat
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from station.checks import Check
 from station.config import ConfigError, config_path, load_run_settings
 from station.errors import KeyStoreError
 from station.fulfillment.client import FulfillmentClient
@@ -57,23 +58,6 @@ SERVICE_TIMEOUT = 5.0
 SHIPPED_RULE = Path(__file__).resolve().parent.parent / "udev" / RULE_FILE
 
 _FIX_SETUP = "scripts/setup   # from the clone of this repository, as root"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the doctor's report."""
-
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    #: False when the configured device does not need this (shown, but never fails the doctor)
-    required: bool = True
-    #: a warning: shown in yellow when not ok, but never fails the doctor (an old MDS BLOB)
-    warn: bool = False
-
-    def as_json(self) -> dict:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------- accounts
@@ -498,7 +482,7 @@ def trust_checks(target: Target, list_keys=None) -> list[Check]:
 
     rows = trust_rows(target.trust_dir or default_trust_dir(), trust_test_ca=target.trust_test_ca,
                       device=target.device, list_keys=list_keys)
-    return [Check(r.name, r.ok, r.detail, r.fix, required=r.required, warn=r.warn) for r in rows]
+    return rows
 
 
 def list_attached_keys(device: str) -> list[tuple[str, uuid.UUID]] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +27,12 @@ class ProviderError(StationError):
     code = "idp_error"
 
     def __init__(self, message: str, *, status: int | None = None, provider_code: str | None = None,
-                 details: list[str] = (), code: str | None = None) -> None:
+                 details: list[str] = (), code: str | None = None, correlation_id: str | None = None) -> None:
         super().__init__(message, code=code)
         self.status = status
         self.provider_code = provider_code
         self.details = list(details)
+        self.correlation_id = correlation_id
 
 
 class ProviderUnreachable(ProviderError):
@@ -48,6 +50,13 @@ class Throttled(ProviderError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+class Forbidden(ProviderError):
+    """403: the credentials are good but the application lacks a permission (Graph: an
+    application permission with admin consent; PingOne: a role of the worker app)."""
+
+    code = "idp_forbidden"
 
 
 class TokenRefused(ProviderError):
@@ -92,6 +101,33 @@ class TokenCache:
             self._token = None
 
 
+class Correlation:
+    """The correlation id of a client's calls: every request carries a fresh `client-request-id`
+    (a uuid4; Microsoft Graph documents the header and echoes it, with its own `request-id`,
+    in the response: "Microsoft Graph REST API: headers"); after each response `last` is the
+    id the provider answered with (the first of `echoes` present: Graph's `request-id`,
+    PingOne's `correlation-id`, Okta's `X-Okta-Request-Id`), else the one we sent. The
+    service's audit records it."""
+
+    HEADER = "client-request-id"
+
+    def __init__(self, echoes: tuple[str, ...] = ()) -> None:
+        self.echoes = echoes
+        self.last: str | None = None
+        self._sent: str | None = None
+
+    def headers(self) -> dict:
+        self._sent = str(uuid.uuid4())
+        return {self.HEADER: self._sent}
+
+    def record(self, response: httpx.Response | None) -> str | None:
+        found = None
+        if response is not None:
+            found = next((response.headers[h] for h in self.echoes if response.headers.get(h)), None)
+        self.last = found or self._sent
+        return self.last
+
+
 def retry_after_seconds(response: httpx.Response, default: float = 1.0) -> float:
     """Retry-After (seconds), else Okta's X-Rate-Limit-Reset (epoch seconds), else `default`."""
     value = response.headers.get("retry-after")
@@ -117,8 +153,10 @@ class ProviderHttp:
     def __init__(self, base_url: str, *, name: str, timeout: float, max_retries: int, max_retry_wait: float,
                  tokens: TokenCache | None = None, auth_header: Callable[[], dict] | None = None,
                  transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
-                 throttled: Callable[[httpx.Response, float], Throttled] | None = None) -> None:
+                 throttled: Callable[[httpx.Response, float], Throttled] | None = None,
+                 correlation: Correlation | None = None) -> None:
         self.name = name
+        self.correlation = correlation or Correlation()
         self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
                                  verify=client_tls_context())
         self.max_retries = max_retries
@@ -146,11 +184,15 @@ class ProviderHttp:
         attempt = 0
         extra = kw.pop("headers", None) or {}
         while True:
+            auth = self.headers()  # may fetch a token first (its own correlation id, recorded on failure)
             try:
-                response = self.http.request(method, path, headers={**self.headers(), **extra}, **kw)
+                response = self.http.request(method, path, headers={**auth, **self.correlation.headers(), **extra},
+                                             **kw)
             except httpx.HTTPError as exc:
                 raise ProviderUnreachable(f"{self.name} at {self.http.base_url} cannot be reached "
-                                          f"({exc.__class__.__name__})") from None
+                                          f"({exc.__class__.__name__})",
+                                          correlation_id=self.correlation.record(None)) from None
+            self.correlation.record(response)
             if response.status_code == 401 and self.tokens is not None and not refreshed:
                 self.tokens.invalidate()  # expired or revoked: one fresh token, then the same call
                 refreshed = True
@@ -159,7 +201,9 @@ class ProviderHttp:
                 return response
             wait = retry_after_seconds(response)
             if attempt >= self.max_retries or wait > self.max_retry_wait:
-                raise self._throttled(response, wait)
+                error = self._throttled(response, wait)
+                error.correlation_id = self.correlation.last
+                raise error
             attempt += 1
             self.waits.append(wait)
             self._sleep(wait)
@@ -173,21 +217,28 @@ def json_or_none(response: httpx.Response) -> Any:
 
 
 def client_credentials_token(http: httpx.Client, path: str, form: dict, *, who: str,
-                             default_lifetime: float = 3600.0) -> tuple[str, float]:
+                             default_lifetime: float = 3600.0,
+                             correlation: Correlation | None = None) -> tuple[str, float]:
     """An OAuth2 client-credentials token from `path` of `http` (a form POST: the client id and
     secret travel in the body, as Entra's and PingOne's Client Secret Post take them)
-    → (access_token, expires_in). Raises TokenRefused, never with the secret in it."""
+    → (access_token, expires_in). Raises TokenRefused, never with the secret in it; its
+    `correlation_id` is the token endpoint's (Entra's body carries `correlation_id`)."""
+    correlation = correlation or Correlation()
     try:
-        answer = http.post(path, data=form)
+        answer = http.post(path, data=form, headers=correlation.headers())
     except httpx.HTTPError as exc:
         raise TokenRefused(f"{who} at {http.base_url} cannot be reached ({exc.__class__.__name__})",
-                           code="idp_unreachable") from None
+                           code="idp_unreachable", correlation_id=correlation.record(None)) from None
+    correlation.record(answer)
     body = json_or_none(answer)
     if answer.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
         detail = str(body.get("error_description") or "") if isinstance(body, dict) else ""
+        if isinstance(body, dict) and isinstance(body.get("correlation_id"), str):
+            correlation.last = body["correlation_id"]
         raise TokenRefused(f"{who} refused the client credentials (HTTP {answer.status_code}): "
                            f"{detail.splitlines()[0] if detail else 'no detail'}", status=answer.status_code,
-                           provider_code=body.get("error") if isinstance(body, dict) else None)
+                           provider_code=body.get("error") if isinstance(body, dict) else None,
+                           correlation_id=correlation.last)
     return body["access_token"], float(body.get("expires_in", default_lifetime))
 
 
@@ -198,6 +249,7 @@ class ProviderClient:
     _prefix = ""
     _http: ProviderHttp
     _closables: tuple = ()
+    _error: type[ProviderError] = ProviderError  # the provider's own error class
 
     def close(self) -> None:
         self._http.close()
@@ -215,15 +267,81 @@ class ProviderClient:
         """The 429 waits honoured so far (seconds)."""
         return self._http.waits
 
+    @property
+    def last_correlation_id(self) -> str | None:
+        """The provider's id of the last call (its echoed request or correlation id), else the
+        `client-request-id` we sent; None before any call."""
+        return self._http.correlation.last
+
+    @staticmethod
+    def _require(settings, names: tuple[str, ...]) -> None:
+        """Refuse settings that lack one of `names`, naming the variable and the TOML key."""
+        missing = [n for n in names if getattr(settings, n) is None]
+        if missing:
+            from station.customer.settings import CustomerConfigError
+
+            prefix = settings.model_config["env_prefix"]
+            raise CustomerConfigError(f"missing {settings.TABLE} setting {', '.join(missing)} "
+                                      f"({prefix}{missing[0].upper()} or [{settings.TABLE}] {missing[0]})")
+
     @staticmethod
     def _refusal(response: httpx.Response, what: str) -> ProviderError:
         raise NotImplementedError
 
-    def _call(self, method: str, path: str, what: str, *, expect: int = 200, **kw: Any) -> Any:
-        response = self._http.call(method, self._prefix + path, **kw)
+    def _call(self, method: str, path: str, what: str, *, expect: int = 200, prefix: str | None = None,
+              **kw: Any) -> Any:
+        """`path` under `prefix` (default the client's), or an absolute URL (a next link)."""
+        if not path.startswith(("http://", "https://")):
+            path = (self._prefix if prefix is None else prefix) + path
+        response = self._http.call(method, path, **kw)
         if response.status_code != expect:
-            raise self._refusal(response, what)
-        return None if expect == 204 else response.json()
+            error = self._refusal(response, what)
+            error.correlation_id = self.last_correlation_id
+            raise error
+        if expect == 204:
+            return None
+        body = json_or_none(response)
+        if body is None:
+            raise ProviderError(f"{self._http.name} answered {what} with a body that is not JSON",
+                                status=response.status_code, code="idp_unexpected_answer",
+                                correlation_id=self.last_correlation_id)
+        return body
+
+    def _fail(self, message: str, **kw: Any) -> ProviderError:
+        """The provider's error for what its answer means (no such group, two of them...),
+        with the correlation id of the call that answered."""
+        return self._error(message, correlation_id=self.last_correlation_id, **kw)
+
+    def _same_origin(self, link: str, what: str) -> str:
+        """A next link the provider returned, only if it points at the provider itself: the
+        bearer token is never sent anywhere else."""
+        from urllib.parse import urlsplit
+
+        base, other = urlsplit(str(self._http.http.base_url)), urlsplit(link)
+        if (other.scheme, other.netloc) != (base.scheme, base.netloc):
+            raise self._fail(f"{self._http.name} answered {what} with a next link to another host "
+                                f"({other.netloc or 'none'}); not followed", code="idp_unexpected_answer")
+        return link
+
+
+def provider_refusal(response: httpx.Response, what: str, *, name: str, error: type[ProviderError],
+                     read: Callable[[Any], tuple[str, str, list[str], str | None] | None],
+                     classes: dict[int, type[ProviderError]] | None = None) -> ProviderError:
+    """The named error of a refusal: `read(body)` → (provider code, message, details, the
+    provider's request id) from the provider's error object, or None when the body is not one."""
+    body = json_or_none(response)
+    parsed = read(body) if body is not None else None
+    cls = (classes or {}).get(response.status_code, error)
+    if parsed is None:
+        return cls(f"{name} answered {what} with HTTP {response.status_code} and no error object",
+                   status=response.status_code)
+    code, text, details, request_id = parsed
+    message = f"{name} refused {what}: {code}: {text}"
+    if details:
+        message += " (" + "; ".join(details) + ")"
+    if request_id:
+        message += f" (request-id {request_id})"
+    return cls(message, status=response.status_code, provider_code=code, details=details)
 
 
 def checked(model, body: Any, *, who: str, what: str) -> Any:

@@ -24,7 +24,15 @@ import httpx
 
 from pydantic import BaseModel, Field
 
-from station.customer.http import ProviderClient, ProviderError, ProviderHttp, Throttled, checked, json_or_none
+from station.customer.http import (
+    Correlation,
+    ProviderClient,
+    ProviderError,
+    ProviderHttp,
+    Throttled,
+    checked,
+    json_or_none,
+)
 from station.customer.settings import OktaSettings
 
 API = "/webauthn-registration/api/v1"
@@ -105,7 +113,7 @@ class OktaClient(ProviderClient):
             throttled=lambda r, wait: OktaThrottled(
                 f"Okta is rate-limiting this org (429 E0000047); retry after {wait:.0f} s", status=429,
                 provider_code="E0000047", retry_after=wait),
-            **extra,
+            correlation=Correlation(("x-okta-request-id",)), **extra,  # Okta's request id header
         )
 
     def __repr__(self) -> str:

@@ -10,10 +10,15 @@
   content type `application/vnd.pingidentity.device.activate+json` and `{"origin", "attestation"}`,
   the attestation being `attestation_json(credential)`.
 - `list_devices`, `delete_device`.
+- The directory: `verify()` (a token and `GET /users?limit=1`), `get_user(id | username)`,
+  `group_members(name)` (`filter=memberOfGroups[id eq "..."]`, every `_links.next` followed,
+  only to PingOne's own host), `fido_policy(id | None)` (the given FIDO policy or the default).
+- Every call sends a fresh `client-request-id`; `last_correlation_id` is PingOne's
+  `Correlation-Id` of the last answer.
 
 PingOne's error object `{id, code, message, details[{code, target, message}]}` becomes
 `PingOneError`; 429 (REQUEST_LIMITED) becomes `PingOneThrottled` once the Retry-After waits
-allowed are used.
+allowed are used; 403 (a role the worker app lacks) becomes `PingOneForbidden`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -28,6 +34,8 @@ from fido2.utils import websafe_decode, websafe_encode
 from pydantic import BaseModel, Field
 
 from station.customer.http import (
+    Correlation,
+    Forbidden,
     ProviderClient,
     ProviderError,
     ProviderHttp,
@@ -35,9 +43,10 @@ from station.customer.http import (
     TokenCache,
     checked,
     client_credentials_token,
-    json_or_none,
+    provider_refusal,
 )
 from station.customer.settings import CustomerConfigError, PingOneSettings
+from station.tls import client_tls_context
 
 ACTIVATE_CONTENT_TYPE = "application/vnd.pingidentity.device.activate+json"
 
@@ -59,6 +68,31 @@ class _DeviceList(BaseModel):
 
 class PingOneError(ProviderError):
     code = "pingone_error"
+
+
+class PingOneForbidden(PingOneError, Forbidden):
+    """403 ACCESS_FAILED: the worker app lacks a role this call needs (Identity Data Admin for
+    users, groups and devices; Environment Admin for FIDO policies)."""
+
+    code = "pingone_forbidden"
+
+
+class _PingUser(BaseModel):
+    id: str
+    username: str | None = None
+
+
+class _FidoPolicy(BaseModel):
+    id: str
+    name: str | None = None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 class PingOneThrottled(Throttled):
@@ -124,46 +158,60 @@ def attestation_json(credential: dict) -> str:
         return base64.b64encode(websafe_decode(value)).decode("ascii")
 
     response = credential["response"]
-    return json.dumps({
+    body = {
         "id": credential["id"],
         "type": "public-key",
         "rawId": std(credential.get("rawId", credential["id"])),
         "response": {"clientDataJSON": std(response["clientDataJSON"]),
                      "attestationObject": std(response["attestationObject"])},
         "clientExtensionResults": dict(credential.get("clientExtensionResults") or {}),
-    }, separators=(",", ":"))
+    }
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _read_ping_error(body) -> tuple[str, str, list[str], str | None] | None:
+    if not isinstance(body, dict) or "code" not in body:
+        return None
+    details = [f"{d.get('target', '')}: {d.get('message', '')}".lstrip(": ")
+               for d in body.get("details") or [] if isinstance(d, dict)]
+    return str(body.get("code")), str(body.get("message", "")), details, None
 
 
 def _ping_error(response: httpx.Response, what: str) -> PingOneError:
-    body = json_or_none(response)
-    if not isinstance(body, dict) or "code" not in body:
-        return PingOneError(f"PingOne answered {what} with HTTP {response.status_code} and no error object",
-                            status=response.status_code)
-    details = [f"{d.get('target', '')}: {d.get('message', '')}".lstrip(": ")
-               for d in body.get("details") or [] if isinstance(d, dict)]
-    message = f"PingOne refused {what}: {body.get('code')}: {body.get('message', '')}"
-    if details:
-        message += " (" + "; ".join(details) + ")"
-    return PingOneError(message, status=response.status_code, provider_code=body.get("code"), details=details)
+    return provider_refusal(response, what, name="PingOne", error=PingOneError, read=_read_ping_error,
+                            classes={403: PingOneForbidden})
+
+
+def _filter_string(value: str) -> str:
+    """A SCIM filter string literal (RFC 7644 §3.4.2.2, as PingOne's `filter` takes it)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _person(body: dict) -> dict:
+    name = body.get("name") if isinstance(body.get("name"), dict) else {}
+    formatted = name.get("formatted") or " ".join(p for p in (name.get("given"), name.get("family")) if p)
+    return {"id": body.get("id"), "username": body.get("username"), "displayName": formatted or body.get("username")}
 
 
 class PingOneClient(ProviderClient):
-    """PingOne's MFA devices API for one environment and one worker app."""
+    """PingOne's MFA devices API for one environment and one worker app, and the directory
+    reads around it (users, groups, FIDO policies)."""
 
     def __init__(self, settings: PingOneSettings, *, transport: httpx.BaseTransport | None = None, sleep=None) -> None:
-        missing = [n for n in ("environment_id", "client_id") if getattr(settings, n) is None]
-        if missing:
-            raise CustomerConfigError(f"missing pingone setting {', '.join(missing)} "
-                                      f"(STATION_PINGONE_{missing[0].upper()} or [pingone] {missing[0]})")
+        self._require(settings, ("environment_id", "client_id"))
         self.settings = settings
         env = settings.environment_id
         secret = settings.secret()
-        self._auth = httpx.Client(base_url=settings.auth_base, timeout=settings.timeout, transport=transport)
+        self._auth = httpx.Client(base_url=settings.auth_base, timeout=settings.timeout, transport=transport,
+                                  verify=client_tls_context())
 
         form = {"grant_type": "client_credentials", "client_id": settings.client_id, "client_secret": secret}
         self._closables = (self._auth,)
+        # PingOne answers every call with a Correlation-Id response header (ASSUMED from its
+        # support articles: the platform's error id is in the body, `id`).
+        correlation = Correlation(("correlation-id",))
         fetch = functools.partial(client_credentials_token, self._auth, f"/{env}/as/token", form,
-                                  who="PingOne's auth service")
+                                  who="PingOne's auth service", correlation=correlation)
         self.tokens = TokenCache(fetch)
         extra = {"sleep": sleep} if sleep is not None else {}
         self._http = ProviderHttp(
@@ -172,14 +220,91 @@ class PingOneClient(ProviderClient):
             throttled=lambda r, wait: PingOneThrottled(
                 f"PingOne is limiting this worker app (429 REQUEST_LIMITED); retry after {wait:g} s",
                 status=429, provider_code="REQUEST_LIMITED", retry_after=wait),
-            **extra,
+            correlation=correlation, **extra,
         )
         self._prefix = f"/v1/environments/{env}"
 
     def __repr__(self) -> str:
         return f"PingOneClient({self.settings.api_base!r}, environment {self.settings.environment_id!r})"
 
+    _error = PingOneError
     _refusal = staticmethod(lambda response, what: _ping_error(response, what))
+
+    # -- the directory --------------------------------------------------------------------------------
+
+    def verify(self) -> dict:
+        """A worker token, then one user read (`GET /users?limit=1`, Identity Data Admin): the
+        check of a new directory configuration. → {"ok": True, "users_readable": N}. Raises
+        TokenRefused (401: wrong client id or secret) or PingOneForbidden (403: a role missing)."""
+        answer = self._page("/users", "the users read", {"limit": "1"}, "users")
+        return {"ok": True, "users_readable": len(answer["_embedded"]["users"])}
+
+    def get_user(self, user: str) -> dict:
+        """A user by id (`GET /users/{id}`) or by username (`GET /users?filter=username eq
+        "..."`) → {"id", "username", "displayName"}."""
+        if not user or not user.strip():
+            raise ValueError("a user id or username is required")
+        user = user.strip()
+        if _is_uuid(user):
+            body = checked(_PingUser, self._call("GET", f"/users/{user}", f"the read of user {user!r}"),
+                           who="PingOne", what="the user read")
+            return _person(body)
+        found = self._page("/users", f"the search for user {user!r}",
+                           {"filter": f"username eq {_filter_string(user)}"}, "users")["_embedded"]["users"]
+        if not found:
+            raise self._fail(f"no user with username {user!r} in the environment (PingOne admin console → "
+                               "Directory → Users)", code="pingone_user_not_found", status=404)
+        return _person(found[0])
+
+    def group_members(self, group_name: str) -> list[dict]:
+        """The users who are members of the one group with this name (`GET /groups?filter=name
+        eq "..."`, then `GET /users?filter=memberOfGroups[id eq "..."]`, every `_links.next`
+        page followed) → [{"id", "username", "displayName"}]."""
+        if not group_name or not group_name.strip():
+            raise ValueError("a group name is required")
+        groups = self._page("/groups", f"the search for group {group_name!r}",
+                            {"filter": f"name eq {_filter_string(group_name)}"}, "groups")["_embedded"]["groups"]
+        if not groups:
+            raise self._fail(f"no group named {group_name!r} in the environment (PingOne admin console → "
+                               "Directory → Groups shows its exact name)", code="pingone_group_not_found")
+        if len(groups) > 1:
+            raise self._fail(f"{len(groups)} groups are named {group_name!r}; rename all but one in the PingOne "
+                               "admin console → Directory → Groups, or give the users one by one",
+                               code="pingone_group_ambiguous")
+        what = f"the members of group {group_name!r}"
+        people: list[dict] = []
+        path, params = "/users", {"filter": f"memberOfGroups[id eq {_filter_string(groups[0]['id'])}]"}
+        while path:
+            body = self._page(path, what, params, "users")
+            people.extend(_person(u) for u in body["_embedded"]["users"] if isinstance(u, dict))
+            link = ((body.get("_links") or {}).get("next") or {}).get("href")
+            path, params = (self._same_origin(link, what), None) if link else ("", None)
+        return people
+
+    def fido_policy(self, policy_id: str | None = None) -> dict:
+        """The FIDO policy `policy_id` (`GET /fido2Policies/{id}`), or the environment's default
+        one (`GET /fido2Policies`, the one with `default: true`), as PingOne returns it."""
+        if policy_id:
+            return checked(_FidoPolicy, self._call("GET", f"/fido2Policies/{policy_id}",
+                                                    f"the read of FIDO policy {policy_id}"),
+                           who="PingOne", what="the FIDO policy read")
+        policies = self._page("/fido2Policies", "the FIDO policies list", None, "fido2Policies")
+        defaults = [p for p in policies["_embedded"]["fido2Policies"] if isinstance(p, dict) and p.get("default")]
+        if not defaults:
+            raise self._fail("the environment has no default FIDO policy (PingOne admin console → "
+                               "Authentication → FIDO: mark one as default, or configure the policy id)",
+                               code="pingone_no_fido_policy")
+        return checked(_FidoPolicy, defaults[0], who="PingOne", what="the FIDO policies list")
+
+    def _page(self, path: str, what: str, params: dict | None, kind: str) -> dict:
+        body = self._call("GET", path, what, params=params)
+        embedded = body.get("_embedded") if isinstance(body, dict) else None
+        if not isinstance(embedded, dict) or not isinstance(embedded.get(kind, []), list):
+            raise self._fail(f"PingOne answered {what} without _embedded.{kind}", code="idp_unexpected_answer")
+        embedded.setdefault(kind, [])
+        return body
+
+    # -- MFA devices ----------------------------------------------------------------------------------
 
     def create_fido2_device(self, user_id: str, *, rp_id: str | None = None, rp_name: str | None = None,
                             policy_id: str | None = None, nickname: str | None = None) -> tuple[dict, dict]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -40,9 +41,35 @@ class CustomerConfigError(StationError):
     code = "config"
 
 
+_EXPLICIT: ContextVar[bool] = ContextVar("explicit_settings", default=False)
+
+
 class _ProviderSettings(BaseSettings):
     TABLE: ClassVar[str]
     SECRET: ClassVar[str]
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        if _EXPLICIT.get():
+            return (init_settings,)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+    @classmethod
+    def from_values(cls, **values: Any):
+        """Settings from these values and the defaults only: no environment variable, no
+        customer TOML (the fulfillment service builds a directory's client from its stored
+        configuration, whatever the process's environment holds). A secret given as `str` is
+        wrapped in SecretStr. Raises CustomerConfigError naming the value."""
+        token = _EXPLICIT.set(True)
+        try:
+            return cls(**{k: v for k, v in values.items() if v is not None})
+        except ValidationError as exc:
+            parts = [f"{'.'.join(map(str, e['loc'])) or cls.TABLE}: {e['msg']}"
+                     for e in exc.errors(include_input=False, include_url=False)]
+            raise CustomerConfigError(f"[{cls.TABLE}] " + "; ".join(parts)) from None
+        finally:
+            _EXPLICIT.reset(token)
 
     def secret(self) -> str:
         """The secret, from the environment or its file (trailing newline removed)."""

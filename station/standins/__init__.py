@@ -75,7 +75,8 @@ def demo_users(kind: str, count: int) -> list[dict]:
 
 
 def seed(kind: str, standin, count: int) -> None:
-    """Give a stand-in the demo's users (and, for PingOne, its FIDO2 policy)."""
+    """Give a stand-in the demo's users (for Graph and PingOne also the group DEMO_GROUP of all
+    of them; for PingOne its FIDO2 policy)."""
     for person in demo_users(kind, count):
         if person["id"] in standin.users:
             continue
@@ -86,6 +87,13 @@ def seed(kind: str, standin, count: int) -> None:
             standin.add_user(person["login"], f"{person['first_name']} {person['last_name']}", user_id=person["id"])
         else:
             standin.add_user(person["login"], user_id=person["id"])
+    if kind in ("graph", "pingone"):
+        members = [p["id"] for p in demo_users(kind, count)]
+        group = next((g for g in standin.groups.values() if g.id == DEMO_GROUP_IDS[kind]), None)
+        if group is None:
+            standin.add_group(DEMO_GROUP, members, group_id=DEMO_GROUP_IDS[kind])
+        else:
+            group.members[:] = members
     if kind == "pingone" and not standin.policies:
         policy = standin.add_policy(PINGONE_RP_ID)
         standin.policies.pop(policy.id)
@@ -94,3 +102,5 @@ def seed(kind: str, standin, count: int) -> None:
 
 
 DEMO_PINGONE_POLICY = "6b7c9a52-9d7e-4a52-8e0b-2f0c5d0f1a11"
+DEMO_GROUP = "Security key users"
+DEMO_GROUP_IDS = {"graph": "5f0c2b1e-3d4a-4c6b-9e8f-7a1b2c3d4e5f", "pingone": "8a7b6c5d-4e3f-4a2b-9c1d-0e9f8a7b6c5d"}

@@ -97,6 +97,7 @@ class LoopbackServer:
 class _Issued:
     client_id: str
     expires_at: float
+    roles: frozenset = frozenset()
 
 
 class Tokens:
@@ -108,12 +109,19 @@ class Tokens:
         self._issued: dict[str, _Issued] = {}
         self._lock = threading.Lock()
 
-    def issue(self, client_id: str) -> tuple[str, int]:
-        """→ (access_token, expires_in seconds)."""
+    def issue(self, client_id: str, roles=()) -> tuple[str, int]:
+        """→ (access_token, expires_in seconds). `roles` are what the token grants, fixed when it
+        is issued (an app-only token's `roles` claim; a worker's role assignments)."""
         token = secrets.token_urlsafe(32)
         with self._lock:
-            self._issued[token] = _Issued(client_id, self.clock() + self.lifetime)
+            self._issued[token] = _Issued(client_id, self.clock() + self.lifetime, frozenset(roles))
         return token, int(self.lifetime)
+
+    def roles(self, token: str | None) -> frozenset:
+        """The roles a live token was issued with (empty for an unknown one)."""
+        with self._lock:
+            issued = self._issued.get(token or "")
+        return issued.roles if issued is not None else frozenset()
 
     def check(self, token: str | None) -> tuple[str | None, str]:
         """→ (client_id, "") for a live token, or (None, why) with why "missing", "unknown" or
@@ -165,6 +173,52 @@ class Throttle:
                 return None
             self._left -= 1
             return self.retry_after
+
+
+@dataclass
+class App:
+    """A registered application of a stand-in: its secret, the permissions (Graph application
+    permissions) or roles (PingOne admin roles) granted to it, and whether an administrator
+    consented to them (Graph: "Grant admin consent"; without it an app-only token carries no
+    roles, "Microsoft identity platform and the OAuth 2.0 client credentials flow")."""
+
+    secret: str = field(repr=False)
+    roles: frozenset = frozenset()
+    consented: bool = True
+
+    def granted(self) -> frozenset:
+        return self.roles if self.consented else frozenset()
+
+
+def new_app(roles, consented: bool) -> tuple[str, App]:
+    return str(uuid.uuid4()), App(secrets.token_urlsafe(30), frozenset(roles), consented)
+
+
+class CorrelationIds:
+    """ASGI middleware: every response carries the provider's own id of the request (`own`:
+    Graph's `request-id`, PingOne's `correlation-id`) and, when `echo` is named, the caller's
+    id echoed back (Graph's `client-request-id`, the request id when the caller sent none).
+    The id is `request.state.request_id` for error bodies that repeat it."""
+
+    def __init__(self, app, *, own: str, echo: str | None = None) -> None:
+        self.app, self.own, self.echo = app, own.encode(), echo.encode() if echo else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = request_id
+        theirs = dict(scope.get("headers") or []).get(self.echo) if self.echo else None
+
+        async def send_with_ids(message):
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (self.own, request_id.encode())]
+                if self.echo:
+                    headers.append((self.echo, theirs or request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_ids)
 
 
 def bearer(authorization: str | None, scheme: str = "Bearer") -> str | None:

@@ -17,6 +17,22 @@ ACCESS_FAILED, REQUEST_LIMITED) and "Token (client_credentials)" (`POST
 HID's seed policy is the default: discoverable credentials required, user verification
 preferred, backup eligibility not allowed, attestation direct, only the listed authenticators
 (AAGUIDs) when a list is given.
+
+The directory side (for directory-connected provisioning): "Read All Users" / "Read One User"
+(`GET .../users?filter=username eq "..."`, `filter=memberOfGroups[id eq "..."]`, `limit`, each
+page's `_links.next`), "Read All Groups" (`filter=name eq "..."`) and "FIDO Policies" in the
+newer model (`GET .../fido2Policies[/{id}]`: `discoverableCredentials` REQUIRED | PREFERRED |
+DISCOURAGED, `authenticatorAttachment` PLATFORM | CROSS_PLATFORM | BOTH, `userVerification`
+{option, enforceDuringAuthentication}, `backupEligibility` {allow, enforceDuringAuthentication},
+`attestationRequirements` DIRECT | NONE, `mdsAuthenticatorsRequirements` {option NONE |
+AUDIT_ONLY | GLOBAL | CERTIFIED | SPECIFIC, allowedAuthenticators [{id}],
+enforceDuringAuthentication}, `default`; field names as in Ping's published API model, the
+pingone-go-sdk-v2 `mfa` package). A worker app holds admin roles ("PingOne Permissions by
+role"): Identity Data Admin for users, groups and devices (Identity Data Read Only for reads),
+Environment Admin for FIDO policies; a call without its role answers 403 `ACCESS_FAILED`
+"The request could not be completed. You do not have access to this resource." Every response
+carries a `Correlation-Id` header (ASSUMED: Ping's support articles ask for it; its exact
+casing is not in the API reference).
 """
 
 from __future__ import annotations
@@ -26,17 +42,20 @@ from fastapi import Request
 import base64
 import binascii
 import json
+import re
 import secrets
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fido2.utils import websafe_encode
 
 from station.standins._common import (
+    App,
+    CorrelationIds,
     RegistrationRefused,
     RelyingParty,
     Throttle,
@@ -44,15 +63,26 @@ from station.standins._common import (
     bearer,
     is_uuid,
     load_roots,
+    new_app,
     signin_router,
 )
+
+IDENTITY_DATA_ADMIN, IDENTITY_DATA_READ_ONLY, ENVIRONMENT_ADMIN = (
+    "Identity Data Admin", "Identity Data Read Only", "Environment Admin")
+USERS_READ = frozenset({IDENTITY_DATA_ADMIN, IDENTITY_DATA_READ_ONLY})
+DEVICES_WRITE = frozenset({IDENTITY_DATA_ADMIN})
+POLICIES_READ = frozenset({ENVIRONMENT_ADMIN})
+DEFAULT_ROLES = (ENVIRONMENT_ADMIN, IDENTITY_DATA_ADMIN)
+"""HID's documented roles of the worker app."""
+NO_ACCESS = "The request could not be completed. You do not have access to this resource."
 
 ACTIVATE_CONTENT_TYPE = "application/vnd.pingidentity.device.activate+json"
 
 
 @dataclass
 class Fido2Policy:
-    """A PingOne FIDO2 policy (the fields HID's seed sets)."""
+    """A PingOne FIDO policy (HID's seed fields, and the newer model's others). Change its
+    attributes, or `PingOneStandin.set_policy`, as an administrator would in the console."""
 
     id: str
     relying_party_id: str
@@ -62,6 +92,44 @@ class Fido2Policy:
     backup_eligibility_allowed: bool = False
     attestation: str = "DIRECT"
     allowed_aaguids: list[str] | None = None
+    authenticator_attachment: str = "BOTH"
+    mds_option: str | None = None
+    default: bool = False
+    description: str | None = None
+    device_display_name: str = "Security Key"
+    created: str = field(default_factory=lambda: _now())
+
+    @property
+    def mds(self) -> str:
+        """mdsAuthenticatorsRequirements.option: SPECIFIC with a list of authenticators, else
+        GLOBAL under direct attestation, NONE without (unless set)."""
+        if self.mds_option:
+            return self.mds_option
+        if self.allowed_aaguids is not None:
+            return "SPECIFIC"
+        return "NONE" if self.attestation == "NONE" else "GLOBAL"
+
+    def resource(self, env: str, base: str) -> dict:
+        mds: dict = {"option": self.mds, "enforceDuringAuthentication": True}
+        if self.allowed_aaguids is not None:
+            mds["allowedAuthenticators"] = [{"id": a} for a in self.allowed_aaguids]
+        body = {
+            "_links": {"self": {"href": f"{base}/v1/environments/{env}/fido2Policies/{self.id}"}},
+            "id": self.id, "environment": {"id": env}, "name": self.name, "default": self.default,
+            "deviceDisplayName": self.device_display_name,
+            "discoverableCredentials": self.discoverable_credentials,
+            "authenticatorAttachment": self.authenticator_attachment,
+            "userVerification": {"enforceDuringAuthentication": True, "option": self.user_verification},
+            "backupEligibility": {"allow": self.backup_eligibility_allowed, "enforceDuringAuthentication": True},
+            "userDisplayNameAttributes": {"attributes": [{"name": "username"}]},
+            "attestationRequirements": self.attestation,
+            "mdsAuthenticatorsRequirements": mds,
+            "relyingPartyId": self.relying_party_id,
+            "createdAt": self.created, "updatedAt": self.created,
+        }
+        if self.description:
+            body["description"] = self.description
+        return body
 
 
 @dataclass
@@ -69,6 +137,27 @@ class PingUser:
     id: str
     username: str
     email: str
+    given: str | None = None
+    family: str | None = None
+
+    def resource(self, env: str) -> dict:
+        body = {"id": self.id, "environment": {"id": env}, "username": self.username, "email": self.email,
+                "enabled": True, "lifecycle": {"status": "ACCOUNT_OK"}}
+        if self.given or self.family:
+            body["name"] = {k: v for k, v in (("given", self.given), ("family", self.family)) if v}
+            body["name"]["formatted"] = " ".join(p for p in (self.given, self.family) if p)
+        return body
+
+
+@dataclass
+class PingGroup:
+    id: str
+    name: str
+    members: list[str] = field(default_factory=list)
+
+    def resource(self, env: str) -> dict:
+        return {"id": self.id, "environment": {"id": env}, "name": self.name,
+                "directMemberCounts": {"users": len(self.members)}}
 
 
 @dataclass
@@ -126,8 +215,10 @@ class PingOneStandin:
     def __init__(self, *, environment_id: str | None = None, attestation_roots: list[bytes] = (),
                  token_lifetime: float = 3600, activation_timeout: float = 30 * 24 * 3600) -> None:
         self.environment_id = environment_id or str(uuid.uuid4())
-        self.clients: dict[str, str] = {}
+        self.clients: dict[str, App] = {}
         self.users: dict[str, PingUser] = {}
+        self.groups: dict[str, PingGroup] = {}
+        self.page_size = 100
         self.policies: dict[str, Fido2Policy] = {}
         self.devices: dict[str, _Device] = {}
         self.tokens = Tokens(token_lifetime)
@@ -137,19 +228,41 @@ class PingOneStandin:
         self._parties: dict[str, RelyingParty] = {}
         self._lock = threading.Lock()
 
-    def add_client(self) -> tuple[str, str]:
-        client_id, secret = str(uuid.uuid4()), secrets.token_urlsafe(30)
-        self.clients[client_id] = secret
-        return client_id, secret
+    def add_client(self, *, roles=DEFAULT_ROLES, consented: bool = True) -> tuple[str, str]:
+        """A worker app (Client Secret Post) with these admin roles → (client_id, secret).
+        `consented=False` plays a worker whose role assignments were removed."""
+        client_id, app = new_app(roles, consented)
+        self.clients[client_id] = app
+        return client_id, app.secret
 
-    def add_user(self, username: str, *, user_id: str | None = None) -> PingUser:
-        user = PingUser(user_id or str(uuid.uuid4()), username, username)
+    def add_user(self, username: str, *, user_id: str | None = None, given: str | None = None,
+                 family: str | None = None) -> PingUser:
+        user = PingUser(user_id or str(uuid.uuid4()), username, username, given, family)
         self.users[user.id] = user
         return user
 
+    def add_group(self, name: str, members=(), *, group_id: str | None = None) -> PingGroup:
+        group = PingGroup(group_id or str(uuid.uuid4()), name, list(members))
+        self.groups[group.id] = group
+        return group
+
     def add_policy(self, relying_party_id: str, **options) -> Fido2Policy:
+        """A FIDO policy; the first one of the environment is its default."""
+        options.setdefault("default", not self.policies)
         policy = Fido2Policy(str(uuid.uuid4()), relying_party_id, **options)
+        if policy.default:
+            for other in self.policies.values():
+                other.default = False
         self.policies[policy.id] = policy
+        return policy
+
+    def set_policy(self, policy_id: str, **changes) -> Fido2Policy:
+        """Change a FIDO policy's fields (the dataclass names), as an administrator would."""
+        policy = self.policies[policy_id]
+        for name, value in changes.items():
+            if not hasattr(policy, name) or name in ("id", "created"):
+                raise AttributeError(f"a FIDO policy has no field {name!r}")
+            setattr(policy, name, value)
         return policy
 
     def relying_party(self, rp_id: str) -> RelyingParty:
@@ -252,8 +365,17 @@ class PingOneStandin:
             problem = "The policy does not allow backup-eligible credentials."
         elif policy.attestation == "DIRECT" and credential.attestation_fmt == "none":
             problem = "The policy requires direct attestation."
-        elif policy.allowed_aaguids is not None and credential.aaguid not in policy.allowed_aaguids:
+        elif policy.mds == "SPECIFIC" and credential.aaguid not in {a.lower() for a in policy.allowed_aaguids or []}:
             problem = f"The authenticator {credential.aaguid} is not allowed by the FIDO2 policy."
+        # PingOne's attestation string (its documented members) does not say the attachment; a
+        # credential that does not claim "platform" is taken for a roaming key.
+        elif policy.authenticator_attachment == "PLATFORM" and registration.get("authenticatorAttachment") != "platform":
+            problem = "The FIDO2 policy allows only platform authenticators."
+        elif policy.authenticator_attachment == "CROSS_PLATFORM" and registration.get("authenticatorAttachment") == "platform":
+            problem = "The FIDO2 policy allows only cross-platform authenticators."
+        elif policy.discoverable_credentials == "REQUIRED" \
+                and (registration.get("clientExtensionResults") or {}).get("credProps", {}).get("rk") is False:
+            problem = "The FIDO2 policy requires a discoverable credential."
         if problem:
             rp.forget(device.user_id, credential.credential_id)
             raise PingRefusal(400, "INVALID_DATA", invalid, [_detail("INVALID_VALUE", "attestation", problem)])
@@ -303,9 +425,13 @@ def _registration_from_attestation(text: str) -> dict:
     attestation = _std_b64(response.get("attestationObject"), "response.attestationObject")
     if data.get("id") != websafe_encode(raw_id):
         raise ValueError("attestation.id is not the base64url of rawId")
-    return {"id": data["id"], "rawId": websafe_encode(raw_id), "type": "public-key",
-            "response": {"clientDataJSON": websafe_encode(client_data), "attestationObject": websafe_encode(attestation)},
-            "clientExtensionResults": data.get("clientExtensionResults") or {}}
+    registration = {"id": data["id"], "rawId": websafe_encode(raw_id), "type": "public-key",
+                    "response": {"clientDataJSON": websafe_encode(client_data),
+                                 "attestationObject": websafe_encode(attestation)},
+                    "clientExtensionResults": data.get("clientExtensionResults") or {}}
+    if data.get("authenticatorAttachment") in ("platform", "cross-platform"):
+        registration["authenticatorAttachment"] = data["authenticatorAttachment"]
+    return registration
 
 
 def create_app(standin: PingOneStandin):
@@ -316,6 +442,7 @@ def create_app(standin: PingOneStandin):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = FastAPI(title="PingOne stand-in", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(CorrelationIds, own="correlation-id")
     env = standin.environment_id
 
     def error(status: int, code: str, message: str, details=(), headers=None):
@@ -347,24 +474,32 @@ def create_app(standin: PingOneStandin):
         if form.get("grant_type") != "client_credentials":
             return oauth(400, "unsupported_grant_type", "The grant type is not supported by the application.")
         client_id = form.get("client_id", "")
-        if client_id not in standin.clients or not secrets.compare_digest(form.get("client_secret", ""),
-                                                                           standin.clients[client_id]):
+        worker = standin.clients.get(client_id)
+        if worker is None or not secrets.compare_digest(form.get("client_secret", ""), worker.secret):
             return oauth(401, "invalid_client", "Request denied: Invalid client credentials (Correlation ID: "
-                         f"{uuid.uuid4()})")
-        access, expires_in = standin.tokens.issue(client_id)
+                         f"{request.state.request_id})")
+        access, expires_in = standin.tokens.issue(client_id, worker.granted())
         return {"access_token": access, "token_type": "Bearer", "expires_in": expires_in}
 
-    def guard(request: Request, env_id: str, user_id: str) -> PingUser:
+    def authorised(request: Request, env_id: str, needs: frozenset) -> str:
+        """Throttling, the token, the environment, then one of the roles `needs`."""
         retry = standin.throttle.take()
         if retry is not None:
             raise PingRefusal(429, "REQUEST_LIMITED", "The request could not be completed. Too many requests; "
                               "retry after the time in Retry-After.", headers={"Retry-After": str(retry)})
-        client, why = standin.tokens.check(bearer(request.headers.get("authorization")))
+        token = bearer(request.headers.get("authorization"))
+        client, why = standin.tokens.check(token)
         if client is None:
             raise PingRefusal(401, "ACCESS_FAILED", "The request could not be completed. "
                               + ("The access token has expired." if why == "expired" else "You do not have access to this resource."))
         if env_id != env:
             raise PingRefusal(404, "NOT_FOUND", "The request could not be completed. The environment was not found.")
+        if not standin.tokens.roles(token) & needs:
+            raise PingRefusal(403, "ACCESS_FAILED", NO_ACCESS)
+        return client
+
+    def guard(request: Request, env_id: str, user_id: str, needs: frozenset = DEVICES_WRITE) -> PingUser:
+        authorised(request, env_id, needs)
         user = standin.users.get(user_id)
         if user is None:
             raise PingRefusal(404, "NOT_FOUND", f"Unable to find user with ID '{user_id}'.")
@@ -394,13 +529,13 @@ def create_app(standin: PingOneStandin):
 
     @app.get("/v1/environments/{env_id}/users/{user_id}/devices")
     def list_devices(env_id: str, user_id: str, request: Request):
-        user = guard(request, env_id, user_id)
+        user = guard(request, env_id, user_id, USERS_READ)
         devices = [d.resource(env, base(request)) for d in standin.devices.values() if d.user_id == user.id]
         return {"_embedded": {"devices": devices}, "count": len(devices), "size": len(devices)}
 
     @app.get("/v1/environments/{env_id}/users/{user_id}/devices/{device_id}")
     def read(env_id: str, user_id: str, device_id: str, request: Request):
-        user = guard(request, env_id, user_id)
+        user = guard(request, env_id, user_id, USERS_READ)
         return device_of(user, device_id).resource(env, base(request))
 
     @app.post("/v1/environments/{env_id}/users/{user_id}/devices/{device_id}")
@@ -417,6 +552,92 @@ def create_app(standin: PingOneStandin):
         user = guard(request, env_id, user_id)
         standin.delete(device_of(user, device_id))
         return Response(status_code=204)
+
+    def page_params(request: Request, allowed: set[str]) -> tuple[int, int, str | None]:
+        """(limit, offset, filter) of a collection read; other query parameters are refused."""
+        params = dict(request.query_params)
+        for key in params:
+            if key not in allowed:
+                raise PingRefusal(400, "INVALID_REQUEST", "The request could not be completed. The request was "
+                                  "malformed or invalid.", [_detail("INVALID_PARAMETER", key, f"Unknown parameter '{key}'.")])
+        limit = params.get("limit", str(standin.page_size))
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            raise PingRefusal(400, "INVALID_REQUEST", "The request could not be completed. The request was malformed "
+                              "or invalid.", [_detail("INVALID_VALUE", "limit", "limit must be 1 to 1000.")])
+        cursor = params.get("cursor", "0")
+        if not cursor.isdigit():
+            raise PingRefusal(400, "INVALID_REQUEST", "The request could not be completed. The request was malformed "
+                              "or invalid.", [_detail("INVALID_VALUE", "cursor", "The cursor is not valid.")])
+        return int(limit), int(cursor), params.get("filter")
+
+    def equals(text: str, attribute: str, close: str = "") -> str | None:
+        """The string of a SCIM `attribute eq "..."` filter (RFC 7644 §3.4.2.2), or None."""
+        match = re.fullmatch(r'\s*' + re.escape(attribute) + r'\s+eq\s+"((?:[^"\\]|\\.)*)"\s*'
+                             + re.escape(close) + r'\s*', text)
+        return re.sub(r"\\(.)", r"\1", match.group(1)) if match else None
+
+    def bad_filter(text: str) -> PingRefusal:
+        return PingRefusal(400, "INVALID_REQUEST", "The request could not be completed. The request was malformed or "
+                           "invalid.", [_detail("INVALID_FILTER", "filter", f"The filter '{text}' is not supported.")])
+
+    def collection(request: Request, kind: str, items: list[dict], limit: int, offset: int) -> dict:
+        page = items[offset:offset + limit]
+        self_href = str(request.url)
+        links = {"self": {"href": self_href}}
+        if offset + limit < len(items):
+            query = dict(request.query_params)
+            query["cursor"] = str(offset + limit)
+            links["next"] = {"href": str(request.url.replace(query=urlencode(query)))}
+        return {"_links": links, "_embedded": {kind: page}, "count": len(items), "size": len(page)}
+
+    @app.get("/v1/environments/{env_id}/users")
+    def list_users(env_id: str, request: Request):
+        authorised(request, env_id, USERS_READ)
+        limit, offset, text = page_params(request, {"filter", "limit", "cursor"})
+        users = list(standin.users.values())
+        if text is not None:
+            username, group_id = equals(text, "username"), equals(text, "memberOfGroups[id", "]")
+            if username is not None:
+                users = [u for u in users if u.username.lower() == username.lower()]
+            elif group_id is not None:
+                group = standin.groups.get(group_id)
+                members = set(group.members) if group else set()
+                users = [u for u in users if u.id in members]
+            else:
+                raise bad_filter(text)
+        return collection(request, "users", [u.resource(env) for u in users], limit, offset)
+
+    @app.get("/v1/environments/{env_id}/users/{user_id}")
+    def read_user(env_id: str, user_id: str, request: Request):
+        return guard(request, env_id, user_id, USERS_READ).resource(env)
+
+    @app.get("/v1/environments/{env_id}/groups")
+    def list_groups(env_id: str, request: Request):
+        authorised(request, env_id, USERS_READ)
+        limit, offset, text = page_params(request, {"filter", "limit", "cursor"})
+        groups = list(standin.groups.values())
+        if text is not None:
+            wanted = equals(text, "name")
+            if wanted is None:
+                raise bad_filter(text)
+            groups = [g for g in groups if g.name == wanted]
+        return collection(request, "groups", [g.resource(env) for g in groups], limit, offset)
+
+    @app.get("/v1/environments/{env_id}/fido2Policies")
+    def list_policies(env_id: str, request: Request):
+        authorised(request, env_id, POLICIES_READ)
+        page_params(request, set())
+        policies = [p.resource(env, base(request)) for p in standin.policies.values()]
+        return {"_links": {"self": {"href": str(request.url)}}, "_embedded": {"fido2Policies": policies},
+                "count": len(policies), "size": len(policies)}
+
+    @app.get("/v1/environments/{env_id}/fido2Policies/{policy_id}")
+    def read_policy(env_id: str, policy_id: str, request: Request):
+        authorised(request, env_id, POLICIES_READ)
+        policy = standin.policies.get(policy_id)
+        if policy is None:
+            raise PingRefusal(404, "NOT_FOUND", f"Unable to find FIDO policy with ID '{policy_id}'.")
+        return policy.resource(env, base(request))
 
     app.include_router(signin_router(standin.party_of_user))
     return app

@@ -1,6 +1,6 @@
 """The trust rows of `station doctor`: the store, the MDS BLOB's age, TEST CA trust, attached keys.
 
-Each function returns a `Row`; station/doctor.py shows it as one of its checks. A warning (`warn`)
+Each function returns a `Row` (station.checks.Check); station/doctor.py shows it as one of its checks. A warning (`warn`)
 is shown but does not fail the doctor: a BLOB past its nextUpdate, or none imported.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from station.checks import Check as Row
 from station.errors import DeviceError
 from station.trust.errors import TrustError
 from station.trust.policy import Trust
@@ -19,16 +19,6 @@ from station.trust.store import TrustDir
 
 _MDS_FIX = ("download the FIDO Alliance's MDS3 BLOB (see fidoalliance.org/metadata) and run: "
             "station trust import-mds BLOB.jwt")
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    warn: bool = False
-    required: bool = True
 
 
 def load(trust_dir: Path) -> tuple[Trust | None, Row]:
