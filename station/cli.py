@@ -392,7 +392,7 @@ _DB_OPTION = click.option(
 DOOR_OPTIONS = ("trusted_proxy", "max_body_bytes", "max_header_bytes", "head_timeout", "body_timeout",
                 "max_connections", "quota_shipments", "quota_bytes", "docs")
 SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host", "port", "retention_seconds",
-                 "max_attempts", *DOOR_OPTIONS)
+                 "max_attempts", *DOOR_OPTIONS, "directory_key", "registration_interval")
 
 
 @cli.command()
@@ -419,6 +419,10 @@ SERVE_OPTIONS = ("db_url", "keys_dir", "jwks_file", "allow_private_keys", "host"
 @click.option("--quota-bytes", type=click.IntRange(1024), help="Shipment bytes per tenant per minute (default 16 MiB).")
 @click.option("--docs", is_flag=True, default=None, help="Serve /docs and /redoc (off by default).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), help="Keys that may fault on an item before it fails (default 3).")
+@click.option("--directory-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The key file sealing directory secrets (default $STATION_DIRECTORY_KEY, else var/directory-secrets.key).")
+@click.option("--registration-interval", type=click.FloatRange(min=0.1),
+              help="Seconds between passes over pending directory registrations (default 10).")
 @click.pass_context
 @fail_cleanly
 def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
@@ -446,7 +450,9 @@ def serve(ctx: click.Context, config_file: Path | None, **_options) -> None:
               jwks_file=None if settings.jwks_file is None else str(settings.jwks_file),
               allow_private_keys=settings.allow_private_keys, host=settings.host, port=settings.port,
               retention_seconds=settings.retention_seconds, limits=limits,
-              max_attempts=settings.max_attempts)
+              max_attempts=settings.max_attempts,
+              directory_key=None if settings.directory_key is None else str(settings.directory_key),
+              registration_interval=settings.registration_interval)
 
 
 @cli.group()
@@ -557,10 +563,13 @@ def doctor(ctx: click.Context, config_file: Path | None, keys_dir: Path | None, 
 @click.option("--pingone-auth-url", envvar="STATION_PINGONE_AUTH_URL", help="PingOne's auth service (token host).")
 @click.option("--customer-config", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The customer TOML ([okta], [graph], [pingone]) with the credentials for those servers.")
+@click.option("--directory", type=click.Choice(["entra", "pingone"]),
+              help="The directory-connected model instead: the service enrolls a group of the customer's "
+                   "(stand-in) Entra ID or PingOne itself, registers the keys there, the users sign in.")
 @fail_cleanly
 def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool, keep: Path | None,
          okta_url: str | None, graph_url: str | None, login_url: str | None, pingone_url: str | None,
-         pingone_auth_url: str | None, customer_config: Path | None) -> None:
+         pingone_auth_url: str | None, customer_config: Path | None, directory: str | None) -> None:
     """The full pre-registration round trip on this machine, with virtual keys (exit 0 only if
     every key was verified and used to sign in)."""
     from station.console import run_demo_live
@@ -569,7 +578,7 @@ def demo(keys: int, transport: str, profile: str, slots: int, show_pins: bool, k
     ok = run_demo_live(DemoOptions(keys=keys, transport=transport, profile=profile, slots=slots, workdir=keep,
                                    okta_url=okta_url, graph_url=graph_url, login_url=login_url,
                                    pingone_url=pingone_url, pingone_auth_url=pingone_auth_url,
-                                   customer_config=customer_config),
+                                   customer_config=customer_config, directory=directory),
                        show_pins=show_pins)
     sys.exit(0 if ok else 1)
 
@@ -601,6 +610,12 @@ def bench(as_json: bool, db_url: str | None, quick: bool) -> None:
 from station.cli_trust import trust as _trust_group  # noqa: E402
 
 cli.add_command(_trust_group)
+
+
+# ---------------------------------------------------------------- directories (issue 15: provisioning on behalf)
+from station.cli_directories import register as _register_directories  # noqa: E402
+
+_register_directories(cli, _DB_OPTION, fail_cleanly)
 
 
 def _warn_roots_deprecated(roots: Path | None) -> None:

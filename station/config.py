@@ -117,6 +117,11 @@ class ServeSettings(_Settings):
     quota_shipments: int = Field(120, ge=1, description="Shipments a tenant may post per minute (429 above).")
     quota_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Bytes of shipments a tenant may post per minute.")
     docs: bool = Field(False, description="Serve /docs and /redoc (the OpenAPI pages).")
+    # directory-connected provisioning (issue 15)
+    directory_key: Path | None = Field(None, description="The key file sealing directory secrets "
+                                       "(default $STATION_DIRECTORY_KEY, else var/directory-secrets.key).")
+    registration_interval: float = Field(10.0, gt=0, description="Seconds between passes over pending "
+                                         "directory registrations.")
 
     @field_validator("trusted_proxy", mode="before")
     @classmethod

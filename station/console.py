@@ -163,8 +163,13 @@ def run_demo_live(opts, *, show_pins: bool) -> bool:
 
     from station.demo import run_demo
 
-    err_console.print(f"[bold]station demo[/]: {opts.keys} keys ordered for Okta, Entra ID and PingOne users, "
-                      f"programmed over {opts.transport}, verified, then used to sign in.")
+    if getattr(opts, "directory", None):
+        err_console.print(f"[bold]station demo --directory {opts.directory}[/]: a group of {opts.keys} users enrolled "
+                          "by the service in the customer's directory, keys programmed, registered there, then used "
+                          "to sign in.")
+    else:
+        err_console.print(f"[bold]station demo[/]: {opts.keys} keys ordered for Okta, Entra ID and PingOne users, "
+                          f"programmed over {opts.transport}, verified, then used to sign in.")
     with Live(console=err_console, refresh_per_second=8, transient=True) as live:
         result = run_demo(opts, on_update=lambda rows: live.update(demo_table(rows)))
     print_table(demo_table(result.rows, title=f"Pre-registered keys ({len(result.rows)} in {result.seconds:.1f} s)"))

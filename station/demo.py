@@ -64,6 +64,9 @@ class DemoOptions:
     pingone_url: str | None = None
     pingone_auth_url: str | None = None
     customer_config: Path | None = None
+    #: "entra" or "pingone": the directory-connected model instead (issue 15): the service
+    #: enrolls a group of the customer's directory itself (`run_directory_demo`)
+    directory: str | None = None
 
 
 @dataclass
@@ -188,6 +191,8 @@ def run_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], None] | None
         raise UsageError(f"unknown transport {opts.transport!r}: one of {', '.join(TRANSPORTS)}")
     if opts.keys < 1:
         raise UsageError("--keys must be at least 1")
+    if opts.directory is not None:
+        return run_directory_demo(opts, on_update=on_update)
     update = on_update or (lambda rows: None)
     started = time.monotonic()
     with _workdir(opts.workdir) as folder, _maybe_pcscd(opts.transport):
@@ -461,3 +466,199 @@ def _sign_in(row: Row, providers: _Providers, by_serial: dict[str, str], transpo
         device.close()
     row.signed_in = result.user_verified and result.pin_change_forced
     row.state = "signed in" if row.signed_in else "sign-in did not show a forced PIN change"
+
+
+# ------------------------------------------------------------------------------ directory-connected (issue 15)
+DIRECTORY_KINDS = {"entra": "graph", "pingone": "pingone"}
+DIRECTORY_ORIGIN = {"entra": "https://login.microsoft.com", "pingone": "https://example.org"}
+DEMO_GROUP = "Passkey pilots"
+
+
+def run_directory_demo(opts: DemoOptions, *, on_update: Callable[[list[Row]], None] | None = None) -> DemoResult:
+    """HID's model end to end: the customer registers our application in its (stand-in) Entra ID
+    or PingOne with the permissions it needs and puts `opts.keys` users in a group; it adds the
+    directory configuration through the service's API (verified there), runs the pre-flight
+    and enrolls the group; the station programs virtual keys; the service registers each
+    credential in the directory; the customer's PIN delivery opens each PIN response with its
+    PIN-delivery private key; each user signs in at the directory with the key and the PIN."""
+    import httpx
+    from jwcrypto.jwk import JWK
+
+    from station.fulfillment.directories.sealing import open_box
+    from station.fulfillment.directories.service import Directories, RegistrationLoop
+    from station.protocol.jose import open_response
+    from station.standins import LoopbackServer, PINGONE_RP_ID, demo_users, make
+
+    kind = opts.directory
+    if kind not in DIRECTORY_KINDS:
+        raise UsageError(f"unknown directory {kind!r}: entra or pingone")
+    if opts.transport != "direct":
+        raise UsageError("--directory runs its keys over the direct transport only")
+    update = on_update or (lambda rows: None)
+    started = time.monotonic()
+    provider = DIRECTORY_KINDS[kind]
+    with _workdir(opts.workdir) as folder:
+        keystore = KeyStore.init(folder / "keys")
+        published = PublishedKeys.of_document(keystore.export_public())
+        store = Store.open(f"sqlite:///{folder}/station.db")
+        standin, app = make(provider, attestation_roots=_attestation_roots())
+        server = LoopbackServer(app).start()
+        pin_key = JWK.generate(kty="EC", crv="P-384", use="enc", kid="customer-pin-delivery")
+        key_file = folder / "service-state" / "directory-secrets.key"
+        try:
+            people = demo_users(provider, opts.keys)
+            if kind == "entra":
+                users = [standin.add_user(p["login"], f"{p['first_name']} {p['last_name']}", user_id=p["id"])
+                         for p in people]
+                standin.add_group(DEMO_GROUP, [u.id for u in users])
+                directory = {"kind": "entra", "tenant_id": standin.tenant_id,
+                             "endpoints": {"graph_url": server.url, "login_url": server.url}}
+            else:
+                users = [standin.add_user(p["login"], user_id=p["id"]) for p in people]
+                standin.add_group(DEMO_GROUP, [u.id for u in users])
+                policy = standin.add_policy(PINGONE_RP_ID)
+                directory = {"kind": "pingone", "environment_id": standin.environment_id,
+                             "endpoints": {"api_url": server.url, "auth_url": server.url},
+                             "rp_id": PINGONE_RP_ID, "policy_id": policy.id}
+            client_id, secret = standin.add_client()  # the customer's app registration, with consent
+            rows = [Row(n + 1, LABELS[provider], p["login"], provider=provider, user_id=p["id"])
+                    for n, p in enumerate(people)]
+            update(rows)
+            tenant = store.create_tenant("Contoso")
+            token = store.create_token(Role.CUSTOMER, "contoso-admin", tenant_id=tenant.id)
+            with EmbeddedService(store, published, directory_key=str(key_file)) as service, \
+                    httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=60) as api:
+                body = {**directory, "name": "Contoso directory", "client_id": client_id, "client_secret": secret,
+                        "pin_delivery_key": pin_key.export_public(as_dict=True),
+                        "default_address": {"recipient_company": "Contoso", "recipient_telephone": "+1 555 0100",
+                                            "street_line1": "1 Example Way", "city": "Springfield", "region": "IL",
+                                            "postal_code": "62701", "country_code_2": "US"}}
+                name = body["name"]
+                _api(api, "POST", "/v1/directories", json=body)
+                preflight = _api(api, "POST", f"/v1/directories/{name}/preflight", json={"group": DEMO_GROUP})
+                if not preflight["ok"]:
+                    raise StationError("pre-flight blocked: " + " ".join(f["message"] for f in preflight["findings"]),
+                                       code="preflight_blocked")
+                enrolled = _api(api, "POST", f"/v1/directories/{name}/enrollments", json={"group": DEMO_GROUP})
+                by_login = {r.user: r for r in rows}
+                for outcome in enrolled["users"]:
+                    row = by_login.get(outcome["user"])
+                    if row is None:
+                        continue
+                    if outcome["outcome"] == "enrolled":
+                        row.shipment, row.state = outcome["shipment_id"], "enrolled"
+                    else:
+                        row.state, row.error = "not enrolled", outcome.get("message") or outcome["outcome"]
+                update(rows)
+                by_serial = _program(opts, folder, keystore, store, service, rows, update)
+                loop = RegistrationLoop(store, lambda: Directories(store, open_box(key_file), published),
+                                        interval=0.1).start()
+                try:
+                    _wait_registered(api, name, rows, opts.timeout, update)
+                finally:
+                    loop.stop()
+                enrollments = {e["shipment_id"]: e for e in
+                               _api(api, "GET", f"/v1/directories/{name}/enrollments")["enrollments"]}
+                for row in rows:
+                    enrollment = enrollments.get(row.shipment)
+                    if enrollment is None or enrollment["state"] != "registered":
+                        continue
+                    shipment = _api(api, "GET", f"/v1/fpr/shipments/{row.shipment}")
+                    product = shipment["shipment_items"][0]["product_data"][0]
+                    row.serial = product.get("serial_number") or row.serial
+                    try:  # the customer's PIN delivery: only the PIN-delivery private key opens it
+                        opened = open_response(product["fido_pin_response"], response_private_key=pin_key,
+                                               signing_jwks=published.jwks("signing"),
+                                               request_jwe=enrollment["pin_request"])
+                    except StationError as exc:
+                        row.error = f"PIN delivery: {exc}"
+                        continue
+                    row.pin, row.verified = Pin(opened.pin), True
+                    row.state = f"registered ({enrollment['method_id'][:8]}...)"
+            for row in rows:
+                if row.verified:
+                    row.order = Order(LABELS[provider], row.user_id, _recipient(
+                        {"first_name": row.user, "last_name": "", "login": row.user}), shipment_id=row.shipment,
+                        origin=DIRECTORY_ORIGIN[kind])
+                    _sign_in(row, _SignInAt(server.url), by_serial, "direct")
+                    update(rows)
+        finally:
+            server.stop()
+            store.close()
+    return DemoResult(rows, time.monotonic() - started)
+
+
+class _SignInAt:
+    """What `_sign_in` reads of the providers: where each user signs in."""
+
+    def __init__(self, url: str) -> None:
+        self.signin_url = {"graph": url, "pingone": url}
+
+
+def _api(api, method: str, path: str, **kw) -> dict:
+    answer = api.request(method, path, **kw)
+    if answer.status_code >= 400:
+        body = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
+        raise StationError(f"{method} {path}: {body.get('error_message') or answer.status_code}",
+                           code=body.get("error_code") or "service")
+    return answer.json()
+
+
+def _program(opts, folder, keystore, store, service, rows, update) -> dict[str, str]:
+    """The station daemon programs a fresh virtual key per enrolled user's shipment."""
+    by_shipment = {r.shipment: r for r in rows if r.shipment}
+    by_serial: dict[str, str] = {}
+    finished: set[str] = set()
+
+    def on_event(event: dict) -> None:
+        row = by_shipment.get(event.get("shipment", ""))
+        if row is None:
+            return
+        if event.get("kind") == "claimed":
+            row.state, row.model, row.serial = "programming", event.get("model") or "", event.get("serial") or ""
+            if str(event.get("device", "")).startswith("virtual:"):
+                by_serial[row.serial] = event["device"].split(":", 1)[1]
+        elif event.get("kind") in ("fulfilled", "failed"):
+            row.state = "programmed" if event["kind"] == "fulfilled" else "failed at the factory"
+            if event["kind"] == "failed":
+                row.error = f"{event.get('error_code')}: {event.get('message')}"
+            finished.add(row.shipment)
+        update(rows)
+
+    run_opts = RunOptions(
+        service=service.url, token=store.create_token(Role.STATION, "demo-station"),
+        spec=f"virtual:{folder}/vkeys/", keys_dir=keystore.path, journal_dir=folder / "journal",
+        slots=opts.slots, profile=opts.profile, virtual_transport="direct",
+        trust_test_ca=True, poll_seconds=0.05, heartbeat_seconds=5.0,
+    )
+    station = Station(run_opts, on_event=on_event)
+    daemon = threading.Thread(target=station.run, name="station-daemon", daemon=True)
+    daemon.start()
+    deadline = time.monotonic() + opts.timeout
+    try:
+        while len(finished) < len(by_shipment) and time.monotonic() < deadline and station.fatal is None:
+            time.sleep(0.05)
+    finally:
+        station.stop.set()
+        daemon.join(timeout=30)
+    if station.fatal is not None:
+        raise station.fatal
+    return by_serial
+
+
+def _wait_registered(api, name: str, rows: list[Row], timeout: float, update) -> None:
+    """Until the service has registered (or seen refused) every programmed key."""
+    wanted = {r.shipment for r in rows if r.state == "programmed"}
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {e["shipment_id"]: e for e in _api(api, "GET", f"/v1/directories/{name}/enrollments")["enrollments"]}
+        for row in rows:
+            e = states.get(row.shipment)
+            if e and e["state"] == "refused":
+                row.state, row.error = "refused by the directory", e.get("message") or ""
+        if all(states.get(s, {}).get("state") in ("registered", "refused") for s in wanted) \
+                or time.monotonic() > deadline:
+            update(rows)
+            return
+        time.sleep(0.1)

@@ -73,6 +73,9 @@ ITEM_ERROR_CODES = (
     "device_not_fresh",
     "device_error",
     "user_presence_timeout",
+    # set by the service only (issue 15): the customer's directory refused to register the
+    # credential of a programmed key; the key is reset, not shipped
+    "directory_refused",
 )
 
 

@@ -122,3 +122,20 @@ def test_the_demo_names_an_unreachable_provider():
                                 env={"STATION_OKTA_API_TOKEN": "00x"}, terminal_width=200)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "Okta at http://127.0.0.1:9 cannot be reached" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("directory", ["entra", "pingone"])
+def test_the_directory_demo_enrolls_a_group_registers_and_every_user_signs_in(directory):
+    """Issue 15: the service enrolls the directory's group itself; each key is registered in the
+    directory, its PIN opened by the customer's PIN delivery, and used to sign in."""
+    result = run_demo(DemoOptions(keys=3, directory=directory))
+    assert result.ok, [(r.user, r.state, r.error) for r in result.rows]
+    assert len(result.rows) == 3 and len({r.serial for r in result.rows}) == 3
+    for row in result.rows:
+        assert row.state == "signed in" and row.verified and row.signed_in and not row.error
+
+
+def test_the_directory_demo_command_exits_0():
+    result = CliRunner().invoke(cli, ["demo", "--directory", "entra", "--keys", "2"], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    assert "signed in" in result.output

@@ -48,6 +48,9 @@ RULES = [
     ("fulfillment", ("api.py", "store.py", "client.py", "models.py", "errors.py"),
      ("station.provision", "station.device", "station.virtual", "station.cli"),
      "the service never touches a key; only the runner calls provision"),
+    ("fulfillment/directories", None,
+     ("station.provision", "station.device", "station.virtual", "station.cli", "station.standins"),
+     "directories are reached through customer's clients, never a stand-in; the service touches no key"),
 ]
 
 

@@ -110,12 +110,16 @@ def create_app(
     failed_token_limit: int = DEFAULT_FAILED_TOKEN_LIMIT,
     failed_token_window: float = DEFAULT_FAILED_TOKEN_WINDOW_SECONDS,
     limits: DoorLimits | None = None,
+    directory_key: str | None = None,
+    directories: Any = None,
 ) -> FastAPI:
     """The service's ASGI app over `store` and `keystore`; purges every `purge_interval` seconds
     (None: never, the caller runs `store.purge`). A client address that presents
     `failed_token_limit` unknown bearer tokens within `failed_token_window` seconds is answered
     429 until the window lets the oldest of them go (`FailedTokenLimit`). `limits`: the door's
-    (station.fulfillment.door: body, quotas, trusted proxies, whether /docs is served)."""
+    (station.fulfillment.door: body, quotas, trusted proxies, whether /docs is served).
+    `directory_key`: the key file sealing directory secrets (default: sealing.open_box's);
+    `directories`: a ready Directories (tests)."""
     limits = limits or DoorLimits()
     app = FastAPI(
         title="FIDO pre-registration fulfillment service",
@@ -128,14 +132,19 @@ def create_app(
     app.state.store = store
     app.state.keystore = published_keys(keystore)
     app.state.failed_tokens = FailedTokenLimit(failed_token_limit, failed_token_window)
+    app.state.quota = TenantQuota(limits.shipments_per_minute, limits.shipment_bytes_per_minute)
     app.add_middleware(
         Door, limits=limits, failed_tokens=app.state.failed_tokens,
-        quota=TenantQuota(limits.shipments_per_minute, limits.shipment_bytes_per_minute),
+        quota=app.state.quota,
         authenticate=store.authenticate, refuse=_error, tenant_of=_tenant_of, name_of=lambda p: p.name,
     )
     _add_error_handlers(app)
     _add_customer_routes(app)
     _add_station_routes(app)
+    from station.fulfillment.directories.api import add_directory_routes
+
+    app.state.directory_key, app.state.directories = directory_key, directories
+    add_directory_routes(app, Customer)
     from station.fulfillment.console import add_console
     from station.fulfillment.operator import add_operator_routes
 
@@ -270,10 +279,7 @@ def _add_customer_routes(app: FastAPI) -> None:
     def post_shipment(body: ShipmentOrder, customer: Customer, request: Request) -> ShipmentCreated:
         """Queue a shipment of exactly one key; every request JWE's header is checked here,
         none is opened."""
-        check_headers(body, request.app.state.keystore)
-        shipment_id = _store(request).create_shipment(
-            customer.owner, _envelope(body), [_new_item(item) for item in body.shipment_items]
-        )
+        shipment_id = accept_shipment(_store(request), request.app.state.keystore, customer.owner, body)
         return ShipmentCreated(
             shipment_id=shipment_id,
             shipment_state=ShipmentStateBody(shipment_state_id=int(ShipmentState.RECEIVED)),
@@ -318,6 +324,13 @@ def _add_customer_routes(app: FastAPI) -> None:
     def signing_keys(request: Request) -> Jwks:
         """The public signing keys responses are signed with."""
         return Jwks.model_validate(request.app.state.keystore.jwks("signing"))
+
+
+def accept_shipment(store: Store, keystore: PublicKeys, owner: str, body: ShipmentOrder) -> str:
+    """The one path a shipment enters the store by (POST /v1/fpr/shipments and a directory
+    enrollment alike): every request JWE's header checked, replays refused → its id."""
+    check_headers(body, keystore)
+    return store.create_shipment(owner, _envelope(body), [_new_item(item) for item in body.shipment_items])
 
 
 def check_headers(body: ShipmentRequest, keystore: PublicKeys) -> None:
@@ -544,9 +557,11 @@ def load_service_keys(*, jwks_file: str | None, keys_dir: str | None,
 def serve(db_url: str | None, keys_dir: str | None = None, *, jwks_file: str | None = None,
           allow_private_keys: bool = False, host: str = "127.0.0.1", port: int = 8080,
           retention_seconds: float | None = None, limits: DoorLimits | None = None,
-          max_attempts: int | None = None) -> None:
+          max_attempts: int | None = None, directory_key: str | None = None,
+          registration_interval: float = 10.0) -> None:
     """`station serve`: the service under uvicorn until interrupted (how uvicorn is started:
-    door.server_config; the access log: logger `station.access` on stderr)."""
+    door.server_config; the access log: logger `station.access` on stderr), with the pass over
+    pending directory registrations in a background thread every `registration_interval` s."""
     import uvicorn
 
     limits = limits or DoorLimits()
@@ -555,9 +570,15 @@ def serve(db_url: str | None, keys_dir: str | None = None, *, jwks_file: str | N
                if v is not None}
     store = Store.open(db_url, **options)
     _log_access()
+    from station.fulfillment.directories.api import directories_for_app
+    from station.fulfillment.directories.service import RegistrationLoop
+
+    app = create_app(store, keystore, limits=limits, directory_key=directory_key)
+    registrations = RegistrationLoop(store, lambda: directories_for_app(app), interval=registration_interval).start()
     try:
-        uvicorn.Server(server_config(create_app(store, keystore, limits=limits), limits, host=host, port=port)).run()
+        uvicorn.Server(server_config(app, limits, host=host, port=port)).run()
     finally:
+        registrations.stop()
         store.close()
 
 

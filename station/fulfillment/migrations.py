@@ -250,6 +250,18 @@ def _tenants_and_token_lifecycle(conn: Connection) -> None:
     add_column(conn, "tokens", Column("revoked", Double, nullable=True))
 
 
+# -- dir-service: directory-connected provisioning (issue 15) -------------------------------------
+@step("directories: configurations, enrollments, audit")
+def _directories(conn: Connection) -> None:
+    """Directory configurations per tenant (Entra ID / PingOne; the secret and the service's
+    response key sealed), the enrollments made through them, and the audit of every directory
+    call."""
+    from station.fulfillment.directories.tables import define_tables
+
+    for table in define_tables(MetaData()):
+        create_table(conn, table)
+
+
 # -- perf-service: the queue's indexes ----------------------------------------------------------
 @step("perf-service: partial indexes for the claim (queued by id, claimed by lease expiry)")
 def _claim_indexes(conn: Connection) -> None:

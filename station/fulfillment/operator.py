@@ -49,6 +49,10 @@ WHAT_TO_DO = {
                     "batch (a key that failed needs a reset before reuse); the customer posts again.",
     "user_presence_timeout": "Nobody touched the keys in time: check that the technician sees the touch "
                              "prompts (station run on a terminal); the customer posts again.",
+    "directory_refused": "The customer's directory refused to register this key's credential (expired "
+                         "challenge, policy, AAGUID not allowed): do not ship the key; reset it "
+                         "(station reset --device SPEC --yes). The customer fixes its directory and "
+                         "enrolls the user again.",
 }
 
 

@@ -26,10 +26,11 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,11 @@ station_status = Table(
     Column("reported_at", Double, nullable=False),
     Column("report", Text, nullable=False),
 )
+
+# issue 15 (migration step "directories: ..."): directory configurations, enrollments, their audit
+from station.fulfillment.directories.tables import define_tables as _define_directory_tables  # noqa: E402
+
+directory_configs, directory_enrollments, directory_audit = _define_directory_tables(metadata)
 
 
 class Role(str, enum.Enum):
@@ -562,6 +568,10 @@ class Store:
         self.max_attempts = max_attempts
         self.write_grace_seconds = write_grace_seconds
         self._postgresql = engine.dialect.name == "postgresql"
+        #: SQLite: this process's write transactions queue here and wake when the one before
+        #: commits; without it they meet at BEGIN IMMEDIATE and SQLite's busy handler sleeps
+        #: 1, 2, 5 ... 100 ms between tries (8 slots' claims: up to 265 ms for 4 ms of work)
+        self._writer = nullcontext() if self._postgresql else threading.RLock()
         self._last_expired_probe: float | None = None
         #: the one-statement fast paths are atomic on their own: no BEGIN/COMMIT round trips.
         #: Their own pool of connections that stay in autocommit (no isolation level set and
@@ -618,7 +628,7 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with _unavailable_as_503(), self.engine.begin() as conn:
+        with self._writer, _unavailable_as_503(), self.engine.begin() as conn:
             yield conn
 
     def _create_schema(self) -> None:
@@ -893,11 +903,12 @@ class Store:
             if row is None:
                 raise NotFound(f"no shipment {shipment_id}")
             item_rows = conn.execute(
-                select(items.c.id, items.c.state).where(items.c.shipment_id == shipment_id)
+                select(items.c.id, items.c.state, items.c.result).where(items.c.shipment_id == shipment_id)
                 .order_by(items.c.position).with_for_update()
             ).all()
             current = (ShipmentState(row.state_override) if row.state_override is not None
                        else derive_state([ItemState(r.state) for r in item_rows]))
+            _refuse_shipping_unregistered(shipment_id, target, item_rows)
             if current not in allowed:
                 raise Conflict(
                     f"shipment {shipment_id} is {int(current)} ({current.meaning}): state {int(target)} "
@@ -1287,6 +1298,20 @@ def _shipment(row, item_rows, result: Any) -> Shipment:
         items=[ItemView(id=r.id, position=r.position, descriptor=json.loads(r.descriptor),
                         state=ItemState(r.state), result=result(r.result)) for r in item_rows],
     )
+
+
+def _refuse_shipping_unregistered(shipment_id: str, target: ShipmentState, item_rows) -> None:
+    """A key whose credential its directory refused (issue 15: item error `directory_refused`)
+    must not ship: the technician resets it."""
+    if target is not ShipmentState.SHIPPED:
+        return
+    for r in item_rows:
+        error = json.loads(r.result) if r.state == ItemState.FAILED.value and r.result else {}
+        if error.get("error_code") == "directory_refused":
+            raise Conflict(
+                f"shipment {shipment_id}: {error.get('error_message', 'the directory refused the registration')}. "
+                "Do not ship this key: reset it (station reset --device ... --yes) and put it back with the "
+                "fresh keys", code="directory_refused", error_data={"shipment_state_id": 8})
 
 
 def _audit_record(r) -> AuditRecord:

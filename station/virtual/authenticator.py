@@ -13,6 +13,7 @@ import secrets
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +39,8 @@ from .u2f import U2fCommands
 
 ERR = CtapError.ERR
 CMD = Ctap2.CMD
+#: Signature counter values reserved by one durable write (see next_counter).
+COUNTER_RESERVE = 256
 
 
 class INFO:
@@ -111,6 +114,11 @@ class VirtualAuthenticator:
         self.pin_uv = PinUvAuth()
         self.powered_up = time.monotonic()
         self._handlers = self._dispatch_table()
+        #: the last signature counter value handed out; state.sign_count is its durable ceiling
+        self._counter = state.sign_count
+        #: the attestation key, parsed once: it is made at `create` and survives every reset
+        self.attestation_key = attestation.key_from_pem(state.attestation_key)
+        self.attestation_cert_der = websafe_decode(state.attestation_cert)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -176,7 +184,18 @@ class VirtualAuthenticator:
             raise
 
     def close(self) -> None:
-        """Release the state file (every change is already saved)."""
+        """Release the state file. Every change is already durable; a clean close also folds
+        the journal into one snapshot, with the signature counter's ceiling brought down to the
+        last value handed out (so the next power-up goes on from it, as a real key's does).
+        While a command still runs (a wedged key) nothing is written: the next power-up folds
+        the journal, and the ceiling stays, which is just as safe."""
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._file.is_locked():
+                    self.state.sign_count = self._counter
+                    self._file.fold(self.state)
+            finally:
+                self._lock.release()
         self._file.unlock()
 
     def __enter__(self) -> VirtualAuthenticator:
@@ -202,7 +221,9 @@ class VirtualAuthenticator:
                 response = self._process(request, keepalive, cancel)
             except CtapError as exc:
                 return bytes([exc.code])
-        return b"\x00" if response is None else b"\x00" + cbor.encode(response)
+        if response is None:
+            return b"\x00"
+        return b"\x00" + (response if isinstance(response, _Encoded) else cbor.encode(response))
 
     def process_u2f(
         self,
@@ -242,7 +263,7 @@ class VirtualAuthenticator:
 
     def _dispatch_table(self) -> dict[int, Callable[[Request], dict | None]]:
         table: dict[int, Callable[[Request], dict | None]] = {
-            CMD.GET_INFO: lambda _r: self.get_info(),
+            CMD.GET_INFO: lambda _r: self._encoded_info(),
             CMD.MAKE_CREDENTIAL: self.credential_commands.make_credential,
             CMD.GET_ASSERTION: self.credential_commands.get_assertion,
             CMD.GET_NEXT_ASSERTION: self.credential_commands.get_next_assertion,
@@ -299,6 +320,18 @@ class VirtualAuthenticator:
             info[INFO.MAX_RPIDS_FOR_SET_MIN_PIN_LENGTH] = p.max_rpids_for_min_pin
         return info
 
+    def _encoded_info(self) -> _Encoded:
+        """getInfo in CBOR, encoded once per content: a station reads it several times per key
+        and keys of one profile answer alike, so the encodings of the last few contents are
+        kept (process-wide; equal content is equal bytes, CBOR being canonical)."""
+        info = self.get_info()
+        for cached, encoded in tuple(_INFO_ENCODINGS):  # a snapshot: other keys' threads add to it
+            if cached == info:
+                return encoded
+        encoded = _Encoded(cbor.encode(info))
+        _INFO_ENCODINGS.appendleft((info, encoded))
+        return encoded
+
     def remaining_discoverable(self) -> int:
         return self.profile.max_discoverable - len(self.state.credentials)
 
@@ -321,6 +354,7 @@ class VirtualAuthenticator:
             credential_key=websafe_encode(os.urandom(32)),
             min_pin_length=self.profile.min_pin_length,
         )
+        self._counter = 0
         self.pin_uv = PinUvAuth()
         self.large_blobs_command.forget_write()
         self.save()
@@ -347,12 +381,23 @@ class VirtualAuthenticator:
         self.winks += 1
 
     def save(self) -> None:
-        """Persist the state (atomic; called after every state change)."""
+        """Persist the state (durable before the command answers; called after every change)."""
         self._file.save(self.state)
 
-    @property
-    def attestation_cert_der(self) -> bytes:
-        return websafe_decode(self.state.attestation_cert)
+    def next_counter(self) -> int:
+        """The next value of the one signature counter (CTAP2 and U2F signatures).
+
+        A real key writes its counter to flash with every signature; here the state keeps a
+        ceiling instead: all values handed out are at most state.sign_count, and reaching it
+        reserves the next COUNTER_RESERVE values in one durable write before the value is
+        used. After a crash (or a pull) the key goes on above the ceiling, so the counter never
+        repeats or goes back (WebAuthn §6.1.1 asks only that it increase); a clean close
+        writes the exact value."""
+        self._counter += 1
+        if self._counter > self.state.sign_count:
+            self.state.sign_count = self._counter + COUNTER_RESERVE - 1
+            self.save()
+        return self._counter
 
     # -- vendor identity hooks ------------------------------------------------------------
     def management_config(self, page: int = 0) -> bytes:
@@ -396,6 +441,14 @@ class VirtualAuthenticator:
             + b"\x00" * 26  # batch, module, embedding, pre-perso and perso fields
         )
         return b"\x9f\x7f" + bytes([len(fields)]) + fields
+
+
+class _Encoded(bytes):
+    """A response already in CBOR (process() sends it as it is)."""
+
+
+#: The last getInfo contents and their encodings (see _encoded_info), newest first.
+_INFO_ENCODINGS: deque[tuple[dict, _Encoded]] = deque(maxlen=32)
 
 
 def _decode_params(data: bytes) -> dict[Any, Any]:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hmac
 import os
+import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from fido2.cose import ES256, ES384, EdDSA
 from fido2.ctap import CtapError
 from fido2.ctap2.pin import ClientPin
 from fido2.utils import websafe_decode, websafe_encode
-from fido2.webauthn import AttestedCredentialData, AuthenticatorData
+from fido2.webauthn import AuthenticatorData
 
 from . import attestation
 from .client_pin import PROTOCOLS, check_protocol, verify
@@ -92,18 +93,31 @@ class Credential:
     discoverable: bool
     cred_blob: bytes | None = None
     has_large_blob_key: bool = False
+    #: the private key object, once built from `private` (a new credential's is its generated key)
+    _key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | None = field(default=None, repr=False)
 
     def signing_key(self) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
+        if self._key is None:
+            self._key = self._build_key()
+        return self._key
+
+    def _build_key(self) -> ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
         if self.alg == EdDSA.ALGORITHM:
             return ed25519.Ed25519PrivateKey.from_private_bytes(self.private)
         curve = ec.SECP384R1() if self.alg == ES384.ALGORITHM else ec.SECP256R1()
         return ec.derive_private_key(int.from_bytes(self.private, "big"), curve)
 
     def public_key(self) -> dict:
-        """credentialPublicKey as a COSE_Key."""
+        """credentialPublicKey as a COSE_Key (RFC 9053 §7.1.1): for EC2 keys the map
+        python-fido2's from_cryptography_key builds, its coordinates cut from the uncompressed
+        X9.62 point (one library call instead of its byte-by-byte int2bytes)."""
         pub = self.signing_key().public_key()
-        cose = {EdDSA.ALGORITHM: EdDSA, ES384.ALGORITHM: ES384}.get(self.alg, ES256)
-        return dict(cose.from_cryptography_key(pub))
+        if isinstance(pub, ed25519.Ed25519PublicKey):
+            return dict(EdDSA.from_cryptography_key(pub))
+        point = pub.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        size = (len(point) - 1) // 2
+        crv = 2 if self.alg == ES384.ALGORITHM else 1  # COSE curves P-384, P-256
+        return {1: 2, 3: self.alg, -1: crv, -2: point[1 : 1 + size], -3: point[1 + size :]}
 
     def sign(self, message: bytes) -> bytes:
         key = self.signing_key()
@@ -125,15 +139,34 @@ class Credential:
 
 
 def new_credential(alg: int, rp_id_hash: bytes, cred_protect: int, hmac_secret: bool, rk: bool) -> Credential:
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     if alg == EdDSA.ALGORITHM:
-        private = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        key = ed25519.Ed25519PrivateKey.generate()
+        private = key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
     elif alg == ES384.ALGORITHM:
-        private = ec.generate_private_key(ec.SECP384R1()).private_numbers().private_value.to_bytes(48, "big")
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = key.private_numbers().private_value.to_bytes(48, "big")
     else:
-        private = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big")
-    return Credential(b"", rp_id_hash, alg, private, cred_protect, hmac_secret, rk)
+        key = ec.generate_private_key(ec.SECP256R1())
+        private = key.private_numbers().private_value.to_bytes(32, "big")
+    return Credential(b"", rp_id_hash, alg, private, cred_protect, hmac_secret, rk, _key=key)
+
+
+def authenticator_data(
+    rp_id_hash: bytes, flags: int, counter: int, attested: bytes = b"", extensions: dict | None = None
+) -> bytes:
+    """authenticatorData (WebAuthn §6.1): rpIdHash || flags || signCount (big-endian uint32)
+    || attestedCredentialData || extensions (CBOR), framed as python-fido2's
+    AuthenticatorData.create frames it, without parsing the result back."""
+    return rp_id_hash + struct.pack(">BI", flags, counter) + attested + (cbor.encode(extensions) if extensions else b"")
+
+
+def attested_credential_data(aaguid: bytes, credential_id: bytes, public_key: dict) -> bytes:
+    """attestedCredentialData (WebAuthn §6.5.2): aaguid || credentialIdLength (uint16) ||
+    credentialId || credentialPublicKey (COSE_Key, CBOR)."""
+    return aaguid + struct.pack(">H", len(credential_id)) + credential_id + cbor.encode(public_key)
 
 
 def wrap(wrapping_key: bytes, cred: Credential) -> bytes:
@@ -214,10 +247,15 @@ class CredentialCommands:
     def __init__(self, key: VirtualAuthenticator) -> None:
         self.key = key
         self.pending: PendingAssertions | None = None
+        self._wrapping: tuple[str, bytes] = ("", b"")
 
     @property
     def wrapping_key(self) -> bytes:
-        return websafe_decode(self.key.state.credential_key)
+        """The credential key's bytes, decoded again only when it changed (a reset)."""
+        encoded = self.key.state.credential_key
+        if self._wrapping[0] != encoded:
+            self._wrapping = (encoded, websafe_decode(encoded))
+        return self._wrapping[1]
 
     def forget_assertions(self) -> None:
         self.pending = None
@@ -248,10 +286,6 @@ class CredentialCommands:
         (2.1: after user interaction in makeCredential / getAssertion)."""
         if self.key.profile.ctap21 and self.key.pin_uv.token is not None:
             self.key.pin_uv.token.clear_permissions_except_lbw()
-
-    def next_counter(self) -> int:
-        self.key.state.sign_count += 1
-        return self.key.state.sign_count
 
     # -- authenticatorMakeCredential ------------------------------------------------------
     def make_credential(self, request: Request) -> dict[int, Any]:
@@ -322,19 +356,19 @@ class CredentialCommands:
             if rp_id in state.min_pin_length_rpids:
                 ext_out["minPinLength"] = state.min_pin_length
         flags = FLAG.UP | FLAG.AT | (FLAG.UV if uv else 0) | (FLAG.ED if ext_out else 0)
-        auth_data = AuthenticatorData.create(
+        auth_data = authenticator_data(
             rp_id_hash,
             flags,
-            self.next_counter(),
-            AttestedCredentialData.create(self.key.aaguid, cred.credential_id, cred.public_key()),
+            self.key.next_counter(),
+            attested_credential_data(self.key.aaguid, cred.credential_id, cred.public_key()),
             ext_out or None,
         )
-        self.key.save()
-        att_key = attestation.key_from_pem(state.attestation_key)
+        if rk:
+            self.key.save()  # the stored credential is durable before the answer
         statement = attestation.packed_statement(
-            att_key, self.key.attestation_cert_der, bytes(auth_data), client_data_hash
+            self.key.attestation_key, self.key.attestation_cert_der, auth_data, client_data_hash
         )
-        response: dict[int, Any] = {1: "packed", 2: bytes(auth_data), 3: statement}
+        response: dict[int, Any] = {1: "packed", 2: auth_data, 3: statement}
         if enterprise:
             response[4] = True
         if large_blob_key:
@@ -540,14 +574,11 @@ class CredentialCommands:
         if pending.get_cred_blob:
             ext_out["credBlob"] = cred.cred_blob or b""
         flags = pending.flags | (FLAG.ED if ext_out else 0)
-        auth_data = AuthenticatorData.create(
-            pending.rp_id_hash, FLAG(flags), self.next_counter(), b"", ext_out or None
-        )
-        self.key.save()
+        auth_data = authenticator_data(pending.rp_id_hash, flags, self.key.next_counter(), b"", ext_out or None)
         response: dict[int, Any] = {
             1: {"type": "public-key", "id": cred.credential_id},
-            2: bytes(auth_data),
-            3: cred.sign(bytes(auth_data) + pending.client_data_hash),
+            2: auth_data,
+            3: cred.sign(auth_data + pending.client_data_hash),
         }
         user = pending.users.get(cred.credential_id)
         if user is not None and cred.discoverable:

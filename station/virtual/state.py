@@ -1,10 +1,25 @@
-"""The persistent state of one virtual key: a JSON file, saved atomically after every change.
+"""The persistent state of one virtual key: a JSON snapshot and a journal of changes, every
+change durable (fsynced) before the command that made it answers.
 
 What a real key keeps in flash is kept here: the PIN only as a keyed hash of its pinHash
 (LEFT(SHA-256(PIN), 16), the value CTAP itself compares), the PIN retries counter, the
 authenticatorConfig settings, the credential wrapping key and the discoverable credentials,
-the signature counter, the serial number and the per-key attestation key and certificate.
-The file is mode 0600. While a process holds the key open it holds an exclusive fcntl lock on
+the signature counter (as the ceiling of the values handed out, see
+VirtualAuthenticator.next_counter), the serial number and the per-key attestation key and
+certificate.
+
+STATEFILE is the snapshot, replaced atomically (temporary file, fsync, rename, fsync of the
+folder) and numbered by its `generation`. STATEFILE.journal holds the changes made since: one
+line per save, `SHA256HEX {"g": generation, "set": {field: new value}}`, appended and
+fdatasynced (a save rewrites nothing; an append costs a fraction of a snapshot). Loading
+replays the journal lines of the snapshot's generation in order and stops at the first line
+that is cut short or does not match its digest: only the last line can be torn (a crash or a
+pull while it was written, before its command answered), so the key holds the state before or
+after that command, never a mixture. A load with a journal writes a fresh snapshot and removes
+the journal (a torn tail is never appended to); so do a clean close and a save once the
+journal passes JOURNAL_COMPACT_BYTES.
+
+Both files are mode 0600. While a process holds the key open it holds an exclusive fcntl lock on
 STATEFILE + ".lock"; a second opener gets `KeyBusy`.
 """
 
@@ -15,7 +30,7 @@ import hmac
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -28,6 +43,8 @@ STATE_VERSION = 1
 PIN_RETRIES_MAX = 8
 #: The serialized empty large-blob array (CTAP 2.1 §6.10.2): CBOR [] and LEFT(SHA-256(h'80'), 16).
 EMPTY_LARGE_BLOB_ARRAY = b"\x80" + sha256(b"\x80").digest()[:16]
+#: A save past this journal size writes a fresh snapshot instead (and starts a new journal).
+JOURNAL_COMPACT_BYTES = 64 * 1024
 
 
 @dataclass
@@ -107,7 +124,14 @@ class KeyState:
         return self.pin_hash is not None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """A copy as JSON-ready values (what asdict gives, without its deep copy of strings)."""
+        data = {f.name: getattr(self, f.name) for f in _STATE_FIELDS}
+        data["min_pin_length_rpids"] = list(self.min_pin_length_rpids)
+        data["credentials"] = [
+            {f.name: getattr(c, f.name) for f in _CREDENTIAL_FIELDS} | {"user": dict(c.user)}
+            for c in self.credentials
+        ]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> KeyState:
@@ -117,16 +141,29 @@ class KeyState:
         return cls(**data, credentials=creds)
 
 
+_STATE_FIELDS = fields(KeyState)
+_CREDENTIAL_FIELDS = fields(StoredCredential)
+
+
 class StateFile:
-    """The JSON file behind one virtual key, with its exclusive lock."""
+    """The snapshot and journal behind one virtual key, with its exclusive lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._journal_fd: int | None = None
+        self._journal_bytes = 0
+        self._generation = 0
+        #: the state as the files hold it (snapshot + journal), to find what a save changes
+        self._persisted: dict[str, Any] | None = None
 
     @property
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
+
+    @property
+    def journal_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".journal")
 
     def lock(self) -> None:
         """Take the exclusive lock, or raise KeyBusy if another process holds the key.
@@ -149,8 +186,12 @@ class StateFile:
                 return
             os.close(fd)
 
+    def is_locked(self) -> bool:
+        return self._lock_fd is not None
+
     def unlock(self) -> None:
-        """Remove the lock file, then release the lock."""
+        """Close the journal, remove the lock file, then release the lock."""
+        self._close_journal()
         if self._lock_fd is not None:
             self.lock_path.unlink(missing_ok=True)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -158,26 +199,128 @@ class StateFile:
             self._lock_fd = None
 
     def load(self) -> KeyState:
+        """The state at power-up (under the lock): the snapshot with its journal replayed, then
+        folded into a fresh snapshot."""
+        state, journal = self._read()
+        if journal is not None:
+            self._snapshot(self._persisted)
+        return state
+
+    def read(self) -> KeyState:
+        """The state as the files hold it, for a look from outside: no lock taken, nothing
+        written (the key may be open elsewhere)."""
+        return self._read()[0]
+
+    def _read(self) -> tuple[KeyState, list[dict[str, Any]] | None]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise VirtualError(f"no virtual key at {self.path}; make one with `station virtual new`") from None
         try:
-            return KeyState.from_json(json.loads(text))
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError("not an object")
+            generation = data.pop("generation", 0)
+            journal = self._journal_changes(generation)
+            for changes in journal or ():
+                data.update(changes)
+            state = KeyState.from_json(data)
+            self._persisted = state.to_json()
         except (ValueError, TypeError, KeyError) as exc:
             raise VirtualError(f"{self.path} is not a virtual key state file ({exc.__class__.__name__})") from None
+        self._generation = generation if isinstance(generation, int) else 0
+        return state, journal
 
     def save(self, state: KeyState) -> None:
-        """Write atomically: temp file in the same folder (0600), fsync, os.replace."""
-        data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
+        """Make the state durable: the changed fields appended to the journal (fdatasync), or a
+        fresh snapshot (the first save, or a journal past JOURNAL_COMPACT_BYTES)."""
+        data = state.to_json()
+        if self._persisted is None or self._journal_bytes >= JOURNAL_COMPACT_BYTES:
+            self._snapshot(data)
+            return
+        changes = {k: v for k, v in data.items() if self._persisted.get(k) != v}
+        if not changes:
+            return
+        self._append({"g": self._generation, "set": changes})
+        self._persisted = data
+
+    def fold(self, state: KeyState) -> None:
+        """Write `state` as one snapshot and drop the journal (a clean power-down); nothing
+        when the snapshot already holds it all."""
+        data = state.to_json()
+        if self._journal_fd is not None or self.journal_path.exists() or data != self._persisted:
+            self._snapshot(data)
+
+    # -- the snapshot ------------------------------------------------------------------------
+    def _snapshot(self, data: dict[str, Any]) -> None:
+        """Write the snapshot of the next generation atomically (temporary file in the same
+        folder, 0600, fsync, os.replace, fsync of the folder), then drop the journal: its
+        lines name the previous generation, so a crash between the two leaves them unread."""
+        generation = self._generation + 1
+        text = json.dumps({**data, "generation": generation}, indent=1, sort_keys=True).encode()
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self._close_journal()
+        self.journal_path.unlink(missing_ok=True)
+        _fsync_folder(self.path.parent)
+        self._generation, self._persisted = generation, data
+
+    # -- the journal -------------------------------------------------------------------------
+    def _journal_changes(self, generation: Any) -> list[dict[str, Any]] | None:
+        """The changes recorded for `generation`, in order, up to the first torn or foreign
+        line; None when there is no journal."""
+        try:
+            raw = self.journal_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        changes: list[dict[str, Any]] = []
+        for line in raw.split(b"\n")[:-1]:  # the part after the last newline is torn
+            digest, _, body = line.partition(b" ")
+            if sha256(body).hexdigest().encode() != digest:
+                break
+            record = json.loads(body)
+            if record.get("g") != generation or not isinstance(record.get("set"), dict):
+                break
+            changes.append(record["set"])
+        return changes
+
+    def _append(self, record: dict[str, Any]) -> None:
+        body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        line = sha256(body).hexdigest().encode() + b" " + body + b"\n"
+        if self._journal_fd is None:
+            self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._journal_bytes = os.fstat(self._journal_fd).st_size
+            _fsync_folder(self.path.parent)  # the new journal's name is durable before its lines
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._journal_fd, view):]
+            os.fdatasync(self._journal_fd)
+        except BaseException:
+            os.ftruncate(self._journal_fd, self._journal_bytes)  # no half line for the next one to follow
+            raise
+        self._journal_bytes += len(line)
+
+    def _close_journal(self) -> None:
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+            self._journal_bytes = 0
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename or a new name in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

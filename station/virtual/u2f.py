@@ -183,8 +183,7 @@ class U2fCommands:
         cred.credential_id = wrap(self.key.credential_commands.wrapping_key, cred)
         public_key = _uncompressed_point(cred)
         signed = self.REGISTER_SIGNATURE_PREFIX + app_param + challenge + cred.credential_id + public_key
-        att_key = attestation.key_from_pem(self.key.state.attestation_key)
-        signature = att_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        signature = self.key.attestation_key.sign(signed, ec.ECDSA(hashes.SHA256()))
         return (
             bytes([self.REGISTER_RESERVED])
             + public_key
@@ -211,8 +210,7 @@ class U2fCommands:
         if request.p1 == self.CONTROL.ENFORCE_USER_PRESENCE_AND_SIGN:
             self._require_user_presence()
             user_presence = 0x01
-        counter = self.key.credential_commands.next_counter()  # the one counter CTAP2 also advances
-        self.key.save()
+        counter = self.key.next_counter()  # the one counter CTAP2 also advances (durable there)
         signed_part = bytes([user_presence]) + counter.to_bytes(4, "big")
         return signed_part + cred.sign(app_param + signed_part + challenge)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -45,6 +45,17 @@ OPERATIONS = [
     ("GET", "/v1/operator/tenants"),
     ("POST", "/v1/station/items/{item_id}/confirm"),
     ("GET", "/v1/station/queue"),
+    # directory-connected provisioning (issue 15)
+    ("POST", "/v1/directories"),
+    ("GET", "/v1/directories"),
+    ("GET", "/v1/directories/{name}"),
+    ("PATCH", "/v1/directories/{name}"),
+    ("DELETE", "/v1/directories/{name}"),
+    ("POST", "/v1/directories/{name}/test"),
+    ("POST", "/v1/directories/{name}/preflight"),
+    ("POST", "/v1/directories/{name}/enrollments"),
+    ("GET", "/v1/directories/{name}/enrollments"),
+    ("GET", "/v1/directories/{name}/audit"),
 ]
 
 
@@ -90,11 +101,19 @@ def test_the_api_matches_its_openapi(seeded, method, path, mode):
     # (a kid we hold, a P-384 epk), and limits that span fields (region required for US and CA,
     # telephone 40 except for IN, no control or bidi characters; 103 needs a tracking number):
     # the door refuses those with 400 by design.
-    excluded = [positive_data_acceptance] if (method, path) in CROSS_FIELD_LIMITS else []
+    # A directory route acts on a stored configuration verified with a real directory (and a
+    # PIN-delivery key on the P-384 curve): schema-valid data names none, so 400/404 by design.
+    excluded = [positive_data_acceptance] if (method, path) in CROSS_FIELD_LIMITS \
+        or path.startswith("/v1/directories") else []
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(case):
+        if mode is GenerationMode.NEGATIVE:
+            # A query member whose value is None, [] or {} is not sent at all (`limit=1&` with
+            # `{"": []}` goes out as `?limit=1`): the server never sees that invalid part, so such
+            # a case cannot test its rejection (found with hypothesis seed 9697…3875).
+            assume(all(value not in (None, [], {}) for value in (case.query or {}).values()))
         case.call_and_validate(headers=headers, excluded_checks=excluded)
 
     check()

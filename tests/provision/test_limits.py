@@ -4,7 +4,7 @@ over the key's maxMsgSize, and the station's replay check on requestId and on de
 
 from __future__ import annotations
 
-import json
+from dataclasses import asdict
 
 import pytest
 
@@ -13,6 +13,7 @@ from station.protocol.jose import content_digest
 from station.protocol.messages import CredentialRequest, truncate_ctap_string
 from station.provision.item import provision_item
 from station.provision.limits import make_credential_size
+from station.virtual.state import StateFile
 
 from .conftest import load_options
 
@@ -28,7 +29,8 @@ def untouched(device) -> None:
 
 
 def stored_credentials(statefile) -> list[dict]:
-    return json.loads(statefile.read_text())["credentials"]
+    """The key's discoverable credentials as its state (snapshot and journal) holds them."""
+    return [asdict(c) for c in StateFile(statefile).read().credentials]
 
 
 @pytest.mark.parametrize("value, limit_bytes", [

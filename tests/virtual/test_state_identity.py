@@ -112,13 +112,23 @@ def test_state_persists_across_open_and_close(tmp_path):
 
 
 def test_state_file_is_private_and_holds_no_pin(key):
-    mode = stat.S_IMODE(os.stat(key.path).st_mode)
-    assert mode == 0o600
-    text = key.path.read_text()
-    assert PIN not in text
-    assert sha256(PIN.encode()).hexdigest()[:32] not in text
-    assert json.loads(text)["pin_hash"]
+    """The snapshot and its journal (where the PIN's change went) are 0600 and hold only the
+    keyed hash; so does the snapshot the next power-up folds the journal into."""
+    files = [key.path, key.path.with_name(key.path.name + ".journal")]
+    assert files[1].exists()
+    for path in files:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        text = path.read_text()
+        assert PIN not in text
+        assert sha256(PIN.encode()).hexdigest()[:32] not in text
+    assert '"pin_hash":"' in files[1].read_text()
     assert PIN not in repr(key.authenticator)
+    key.authenticator.close()
+    with VirtualAuthenticator.open(key.path):
+        assert not files[1].exists()
+        text = key.path.read_text()
+        assert json.loads(text)["pin_hash"] and PIN not in text
+        assert stat.S_IMODE(os.stat(key.path).st_mode) == 0o600
 
 
 def test_lock_busy_and_released(tmp_path):

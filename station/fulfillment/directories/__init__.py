@@ -1,0 +1,1 @@
+"""Directory-connected provisioning (issue 15): see station.fulfillment.directories.service."""
