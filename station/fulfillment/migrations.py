@@ -260,3 +260,22 @@ def _directories(conn: Connection) -> None:
 
     for table in define_tables(MetaData()):
         create_table(conn, table)
+
+
+# -- perf-service: the queue's indexes ----------------------------------------------------------
+@step("perf-service: partial indexes for the claim (queued by id, claimed by lease expiry)")
+def _claim_indexes(conn: Connection) -> None:
+    """The claim's two lookups (the oldest queued item; an expired lease) get partial indexes
+    holding only the rows they look for, instead of (state, id) and (state, lease_expires) over
+    every item: a claim and a submit no longer add entries to an index of finished items."""
+    items = Table("items", MetaData(), Column("id", Integer), Column("state", String(16)),
+                  Column("lease_expires", Double))
+    for where, index in (("queued", Index("items_queued", items.c.id)),
+                         ("claimed", Index("items_claimed_leases", items.c.lease_expires))):
+        index.dialect_options["sqlite"]["where"] = text(f"state = '{where}'")
+        index.dialect_options["postgresql"]["where"] = text(f"state = '{where}'")
+        add_index(conn, index)
+    existing = {i["name"] for i in inspect(conn).get_indexes("items")}
+    for old in ("items_queue", "items_leases"):
+        if old in existing:
+            conn.exec_driver_sql(f"DROP INDEX {old}")
