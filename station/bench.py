@@ -254,16 +254,12 @@ def _one_core():
         os.sched_setaffinity(0, previous)
 
 
-def bench_round_trip(keys: int = 12) -> dict[str, Any]:
-    """Keys per second of the whole demo flow (order, program, verify, register, sign in), one core."""
-    from station.demo import DemoOptions, run_demo
+def bench_round_trip(keys: int = 12, *, breakdown: bool = True) -> dict[str, Any]:
+    """Keys per second of the whole demo flow (order, program, verify, register, sign in), one
+    core, its CPU per key, and where that CPU goes (station/demo_bench.py)."""
+    from station.demo_bench import bench_round_trip as round_trip
 
-    run_demo(DemoOptions(keys=1))  # warm-up
-    with _one_core():
-        result = run_demo(DemoOptions(keys=keys))
-    if not result.ok:
-        raise RuntimeError("the round trip did not verify: " + "; ".join(r.error for r in result.rows if r.error))
-    return {"keys": keys, "seconds": result.seconds, "keys_per_second": keys / result.seconds}
+    return round_trip(keys, breakdown=breakdown)
 
 
 # ------------------------------------------------------------------------------ slots
@@ -344,7 +340,7 @@ def run_bench(*, db_url: str | None = None, quick: bool = False, on_progress: Ca
     say("virtual key: makeCredential and getAssertion per transport")
     results["virtual"] = bench_virtual(seconds_per_case=0.2 if quick else 2.0)
     say("round trip on one core")
-    results["round_trip"] = bench_round_trip(keys=2 if quick else 12)
+    results["round_trip"] = bench_round_trip(keys=2 if quick else 12, breakdown=not quick)
     say("8 slots with modelled latency")
     results["slots"] = bench_slots(slots=2 if quick else 8, pairs=1 if quick else 3)
     say("queue: claim+submit against pgbench (16 and 64 station clients, alternating runs)")

@@ -231,6 +231,13 @@ def bench_table(results: dict):
     row("round trip on one core", f"{trip['keys_per_second']:.1f} keys/s", f"≥ {goal:.0f} keys/s" if goal else "",
         trip["keys_per_second"] >= goal if goal else None, f"{trip['keys']} keys in {trip['seconds']:.2f} s",
         start.get("round_trip_keys_per_s", ""))
+    if "cpu_s" in trip:  # perf-service: the CPU behind it, and where it goes
+        cpu_per_key = trip["cpu_s"] / trip["keys"] * 1000
+        row("round trip CPU per key", f"{cpu_per_key:.0f} ms", note=f"{1000 / cpu_per_key:.1f} keys per CPU-second "
+            "(the wall figure also counts the other processes on this core)")
+    for part, spent in (trip.get("breakdown") or {}).get("parts", {}).items():
+        libraries = ", ".join(f"{lib} {ms:.1f}" for lib, ms in list(spent["libraries_ms_per_key"].items())[:3])
+        row(f"  round trip: {part}", f"{spent['ms_per_key']:.1f} ms/key", note=f"{spent['share']:.0%}; {libraries}")
     slots = results["slots"]
     goal = targets.get("slots_ratio", slots["target_ratio"])
     row(f"{slots['slots']} slots ÷ one key (modelled latency)", f"{slots['ratio']:.2f}×", f"≤ {goal}×",

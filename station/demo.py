@@ -358,10 +358,15 @@ def _orders_through_signin(opts, folder, keystore, store, service, providers: _P
     by_shipment = {r.shipment: r for r in rows if r.shipment}
     by_serial: dict[str, str] = {}
     item_rows: dict[int, Row] = {}
+    #: set when the station has submitted a shipment's item: its collector polls then, not on a timer
+    finished = {shipment: threading.Event() for shipment in by_shipment}
 
     def on_event(event: dict) -> None:
         row = by_shipment.get(event.get("shipment", ""))
         kind = event.get("kind")
+        done = kind in ("fulfilled", "failed") or (kind == "key_fault" and event.get("item_state") == "failed")
+        if done and event.get("item") in item_rows:
+            finished[item_rows[event["item"]].shipment].set()
         if kind == "claimed" and row is not None:
             row.state, row.model, row.serial = "programming", event.get("model") or "", event.get("serial") or ""
             if str(event.get("device", "")).startswith("virtual:"):
@@ -393,7 +398,8 @@ def _orders_through_signin(opts, folder, keystore, store, service, providers: _P
             if row.order is None:
                 continue
             try:
-                collect(flows[row.provider], customer, row.order, timeout=opts.timeout, poll_interval=0.05)
+                collect(flows[row.provider], customer, row.order, timeout=opts.timeout, poll_interval=0.25,
+                        sleep=finished[row.shipment].wait)
             except StationError as exc:
                 row.state, row.error = "not fulfilled", str(exc)
                 continue

@@ -20,6 +20,7 @@ error state (`orders.ShipmentFailed`): the order then fails with `shipment_faile
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -104,18 +105,22 @@ class Order:
 
 
 def wait_for_shipment(fulfillment: FulfillmentPort, order: Order, *, timeout: float,
-                      poll_interval: float = 0.2, on_poll: Callable[[dict], None] | None = None) -> dict:
+                      poll_interval: float = 0.2, on_poll: Callable[[dict], None] | None = None,
+                      sleep: Callable[[float], None] = time.sleep) -> dict:
     """The shipment once its responses are readable (or its item failed). Raises ShipmentFailed
-    on the other error states, ShipmentTimeout when time runs out."""
+    on the other error states, ShipmentTimeout when time runs out. `sleep(poll_interval)` runs
+    between two polls: a caller that hears of the shipment's progress (the demo, whose station
+    runs in the same process) waits for that instead, returning early."""
     return wait_shipment(fulfillment, order.shipment_id, timeout=timeout, poll_interval=poll_interval,
-                         on_poll=on_poll)
+                         on_poll=on_poll, sleep=sleep)
 
 
-def collect(flow, fulfillment: FulfillmentPort, order: Order, *, timeout: float, poll_interval: float = 0.2) -> Order:
+def collect(flow, fulfillment: FulfillmentPort, order: Order, *, timeout: float, poll_interval: float = 0.2,
+            sleep: Callable[[float], None] = time.sleep) -> Order:
     """Wait for the order's shipment and finish the order (activate or register, PIN delivery);
     a shipment stopped in an error state fails the order (`shipment_failed`). ShipmentTimeout."""
     try:
-        shipment = wait_for_shipment(fulfillment, order, timeout=timeout, poll_interval=poll_interval)
+        shipment = wait_for_shipment(fulfillment, order, timeout=timeout, poll_interval=poll_interval, sleep=sleep)
     except ShipmentFailed as exc:
         return flow.failed(order, exc.code, exc.message)
     return flow.finish(order, shipment)

@@ -45,6 +45,7 @@ from station.customer.http import (
     provider_refusal,
 )
 from station.customer.settings import GraphSettings
+from station.tls import client_tls_context
 
 SCOPE = "https://graph.microsoft.com/.default"
 MAX_DISPLAY_NAME = 30
@@ -199,7 +200,8 @@ class GraphClient(ProviderClient):
         self._require(settings, ("tenant_id", "client_id"))
         self.settings = settings
         secret = settings.secret()
-        self._login = httpx.Client(base_url=settings.login_url, timeout=settings.timeout, transport=transport)
+        self._login = httpx.Client(base_url=settings.login_url, timeout=settings.timeout, transport=transport,
+                                   verify=client_tls_context())
 
         form = {"client_id": settings.client_id, "client_secret": secret, "scope": SCOPE,
                 "grant_type": "client_credentials"}

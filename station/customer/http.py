@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from station.errors import StationError
+from station.tls import client_tls_context
 
 
 class ProviderError(StationError):
@@ -156,7 +157,8 @@ class ProviderHttp:
                  correlation: Correlation | None = None) -> None:
         self.name = name
         self.correlation = correlation or Correlation()
-        self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                 verify=client_tls_context())
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
         self.tokens = tokens

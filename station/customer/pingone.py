@@ -46,6 +46,7 @@ from station.customer.http import (
     provider_refusal,
 )
 from station.customer.settings import CustomerConfigError, PingOneSettings
+from station.tls import client_tls_context
 
 ACTIVATE_CONTENT_TYPE = "application/vnd.pingidentity.device.activate+json"
 
@@ -219,7 +220,8 @@ class PingOneClient(ProviderClient):
         self.settings = settings
         env = settings.environment_id
         secret = settings.secret()
-        self._auth = httpx.Client(base_url=settings.auth_base, timeout=settings.timeout, transport=transport)
+        self._auth = httpx.Client(base_url=settings.auth_base, timeout=settings.timeout, transport=transport,
+                                  verify=client_tls_context())
 
         form = {"grant_type": "client_credentials", "client_id": settings.client_id, "client_secret": secret}
         self._closables = (self._auth,)

@@ -112,7 +112,9 @@ class ProviderSignIn:
     def __init__(self, base_url: str, user_id: str, *, timeout: float = 30.0) -> None:
         import httpx
 
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+        from station.tls import client_tls_context
+
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, verify=client_tls_context())
         self._user = user_id
         self.rp_id = ""
 

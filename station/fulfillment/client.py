@@ -29,6 +29,7 @@ from station.fulfillment.models import (
     ShipmentView,
 )
 from station.protocol.messages import ItemError, ProductData, ShipmentRequest
+from station.tls import client_tls_context
 
 
 class FulfillmentClient:
@@ -44,7 +45,7 @@ class FulfillmentClient:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout,
-                                  transport=transport)
+                                  transport=transport, verify=client_tls_context())
 
     def __repr__(self) -> str:
         return f"FulfillmentClient({str(self._http.base_url)!r})"

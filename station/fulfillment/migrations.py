@@ -262,13 +262,33 @@ def _directories(conn: Connection) -> None:
         create_table(conn, table)
 
 
+# -- perf-service: the queue's indexes ----------------------------------------------------------
+@step("perf-service: partial indexes for the claim (queued by id, claimed by lease expiry)")
+def _claim_indexes(conn: Connection) -> None:
+    """The claim's two lookups (the oldest queued item; an expired lease) get partial indexes
+    holding only the rows they look for, instead of (state, id) and (state, lease_expires) over
+    every item: a claim and a submit no longer add entries to an index of finished items."""
+    items = Table("items", MetaData(), Column("id", Integer), Column("state", String(16)),
+                  Column("lease_expires", Double))
+    for where, index in (("queued", Index("items_queued", items.c.id)),
+                         ("claimed", Index("items_claimed_leases", items.c.lease_expires))):
+        index.dialect_options["sqlite"]["where"] = text(f"state = '{where}'")
+        index.dialect_options["postgresql"]["where"] = text(f"state = '{where}'")
+        add_index(conn, index)
+    existing = {i["name"] for i in inspect(conn).get_indexes("items")}
+    for old in ("items_queue", "items_leases"):
+        if old in existing:
+            conn.exec_driver_sql(f"DROP INDEX {old}")
+
+
 # -- dir-polish: one pending enrollment per directory user (issue 15) ----------------------------
 @step("directories: one pending enrollment per user")
 def _one_pending_enrollment(conn: Connection) -> None:
     """A partial unique index on (config_id, user_id) over pending enrollments, so two
     concurrent enrolls of one user cannot both queue a key. Pending duplicates made before it
     (both keys already queued) are not guessed away: the step stops and names them, for the
-    operator to cancel one shipment (`station cancel`) and mark its enrollment."""
+    operator to delete one of the shipments (the console's Delete while it is received) and
+    mark its enrollment cancelled."""
     from station.fulfillment.directories.tables import ONE_PENDING, define_tables
 
     enrollments = define_tables(MetaData())[1]
@@ -278,5 +298,5 @@ def _one_pending_enrollment(conn: Connection) -> None:
     if twice:
         named = ", ".join(f"configuration {c} user {u!r} ({n} pending)" for c, u, n in twice)
         raise UsageError(f"directory users with more than one pending enrollment: {named}; cancel all but "
-                           "one of their shipments and set those enrollments' state to 'cancelled', then migrate")
+                         "one of their shipments and set those enrollments' state to 'cancelled', then migrate")
     add_index(conn, next(i for i in enrollments.indexes if i.name == ONE_PENDING))

@@ -142,8 +142,11 @@ items = Table(
     Column("lease_generation", Integer, nullable=True),
     Column("written_at", Double, nullable=True),
     Column("attempts", Integer, nullable=True),
-    Index("items_queue", "state", "id"),
-    Index("items_leases", "state", "lease_expires"),
+    # partial indexes matching the claim's predicates (migration step "perf-service: ..."): a
+    # claimed or finished item leaves the queue's index, so claims neither scan nor maintain it
+    Index("items_queued", "id", sqlite_where=text("state = 'queued'"), postgresql_where=text("state = 'queued'")),
+    Index("items_claimed_leases", "lease_expires", sqlite_where=text("state = 'claimed'"),
+          postgresql_where=text("state = 'claimed'")),
 )
 
 request_digests = Table(
@@ -542,6 +545,15 @@ WITH finished AS (
 SELECT id FROM finished
 """)
 
+def _dbapi_sql(statement) -> str:
+    """A `text()` statement in psycopg's own parameter style (`:name` → `%(name)s`), for the
+    hot path that runs on the pooled DBAPI connection directly (`Store._pg_one_row`)."""
+    return re.sub(r"(?<!:):(\w+)", r"%(\1)s", statement.text)
+
+
+_PG_CLAIM_QUEUED_SQL = _dbapi_sql(_PG_CLAIM_QUEUED)
+_PG_SUBMIT_HELD_SQL = _dbapi_sql(_PG_SUBMIT_HELD)
+
 #: How often (seconds of `now`) one Store looks for expired leases before claiming from the queue.
 EXPIRED_PROBE_SECONDS = 1.0
 
@@ -561,8 +573,13 @@ class Store:
         #: 1, 2, 5 ... 100 ms between tries (8 slots' claims: up to 265 ms for 4 ms of work)
         self._writer = nullcontext() if self._postgresql else threading.RLock()
         self._last_expired_probe: float | None = None
-        #: the one-statement fast paths are atomic on their own: no BEGIN/COMMIT round trips
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgresql else None
+        #: the one-statement fast paths are atomic on their own: no BEGIN/COMMIT round trips.
+        #: Their own pool of connections that stay in autocommit (no isolation level set and
+        #: reset per checkout), spoken to through the DBAPI (psycopg prepares a statement on its
+        #: connection from its 5th execution on): a claim or a submit is one round trip.
+        self._autocommit = (create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=engine.pool.size(),
+                                          max_overflow=engine.pool._max_overflow)
+                            if self._postgresql else None)
 
     @classmethod
     def open(
@@ -585,12 +602,29 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()
 
-    @contextmanager
-    def _statement(self) -> Iterator[Connection]:
-        """A connection for one self-contained statement (PostgreSQL, autocommit)."""
-        with _unavailable_as_503(), self._autocommit.connect() as conn:
-            yield conn
+    def _pg_one_row(self, sql: str, params: dict[str, Any]) -> tuple | None:
+        """Run one self-contained statement (PostgreSQL, autocommit) on a pooled DBAPI connection
+        and return its first row. A connection the server dropped is ServiceUnavailable (503),
+        and the whole pool is let go so the caller's retry connects afresh (as SQLAlchemy does)."""
+        import psycopg
+
+        conn = self._autocommit.raw_connection()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+            cursor.close()
+            return row
+        except psycopg.OperationalError as exc:
+            conn.invalidate()
+            self._autocommit.dispose()
+            reason = str(exc).strip().splitlines()[:1] or [exc.__class__.__name__]
+            raise ServiceUnavailable(f"database unavailable: {reason[0]}") from exc
+        finally:
+            conn.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -1051,14 +1085,14 @@ class Store:
 
     def _claim_queued_pg(self, station: Principal, lease_seconds: float, now: float) -> Claim | None:
         expires = now + lease_seconds
-        with self._statement() as conn:
-            row = conn.execute(_PG_CLAIM_QUEUED, {"station_id": station.id, "station_name": station.name,
-                                                  "expires": expires, "now": now}).first()
+        row = self._pg_one_row(_PG_CLAIM_QUEUED_SQL, {"station_id": station.id, "station_name": station.name,
+                                                      "expires": expires, "now": now})
         if row is None:
             return None
-        return Claim(item_id=row.id, shipment_id=row.shipment_id, pin_request=row.pin_request,
-                     credential_requests=json.loads(row.credential_requests), lease_expires=expires,
-                     generation=row.lease_generation, attempts=row.attempts or 0)
+        item_id, shipment_id, pin_request, credential_requests, generation, attempts = row
+        return Claim(item_id=item_id, shipment_id=shipment_id, pin_request=pin_request,
+                     credential_requests=json.loads(credential_requests), lease_expires=expires,
+                     generation=generation, attempts=attempts or 0)
 
     def _next_claimable(self, conn: Connection, now: float):
         """The next item: expired leases first, then the queue in order (SKIP LOCKED on PostgreSQL;
@@ -1154,11 +1188,10 @@ class Store:
         outcome = "fulfilled" if error is None else str(error.get("error_code"))
         event_kind = AuditEvent.FULFILLED if error is None else AuditEvent.FAILED
         if self._postgresql:
-            with self._statement() as conn:
-                done = conn.execute(_PG_SUBMIT_HELD, {
-                    "state": state.value, "result": result, "now": now, "item_id": item_id,
-                    "station_id": station.id, "station_name": station.name, "event": event_kind.value,
-                    "serial": serial_number, "outcome": outcome, "generation": generation}).first()
+            done = self._pg_one_row(_PG_SUBMIT_HELD_SQL, {
+                "state": state.value, "result": result, "now": now, "item_id": item_id,
+                "station_id": station.id, "station_name": station.name, "event": event_kind.value,
+                "serial": serial_number, "outcome": outcome, "generation": generation})
             if done is not None:
                 return state
         with self._tx() as conn:

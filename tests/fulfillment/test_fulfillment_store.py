@@ -351,3 +351,35 @@ def test_eight_concurrent_claimers_claim_every_item_once(db_url, store, make_jwe
     assert store.counts() == {"queued": 0, "claimed": 0, "fulfilled": 240, "failed": 0}
     claims = [r for r in store.audit_trail() if r.event is AuditEvent.CLAIMED]
     assert len(claims) == 240
+
+
+# -- the PostgreSQL fast path (perf-service, issue 18) --------------------------------------------
+@pytest.mark.postgres
+def test_a_claim_on_a_connection_the_server_dropped_is_503_and_the_retry_connects_afresh(pg_cluster, make_jwe):
+    """The one-statement claim and submit run on pooled DBAPI connections: one the server killed
+    is ServiceUnavailable (never a traceback), and the caller's retry gets a working one."""
+    import time
+    import uuid
+
+    store = Store.open(pg_cluster.create_database(f"t_{uuid.uuid4().hex[:16]}"))
+    try:
+        station = store.authenticate(store.create_token(Role.STATION, "station-1"))
+        store.create_shipment("acme", ENVELOPE, [NewItem({}, make_jwe(), [make_jwe()]) for _ in range(3)])
+        now = time.time()
+        store._last_expired_probe = now  # the expired-lease probe was just made: claims take the fast path
+        first = store.claim(station, 60, now=now + 0.1)
+        with store.engine.begin() as conn:  # the server drops every other connection to this database
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        with pytest.raises(ServiceUnavailable, match="database unavailable"):
+            store.submit(station, first.item_id, product_data=PRODUCT_DATA, generation=first.generation, now=now + 0.2)
+        assert store.submit(station, first.item_id, product_data=PRODUCT_DATA, generation=first.generation,
+                            now=now + 0.3) is ItemState.FULFILLED
+        second = store.claim(station, 60, now=now + 0.4)
+        assert second is not None and second.item_id != first.item_id and second.generation == 1
+        # a stale submit on the fast path falls through to the full checks: refused, not taken
+        with pytest.raises(Conflict):
+            store.submit(station, second.item_id, product_data=PRODUCT_DATA, generation=second.generation + 1,
+                         now=now + 0.5)
+    finally:
+        store.close()
