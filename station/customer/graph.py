@@ -25,7 +25,6 @@ provisioning their own account: self-service is not supported) is `SelfServiceNo
 
 from __future__ import annotations
 
-import functools
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -37,15 +36,11 @@ from station.customer.http import (
     Forbidden,
     ProviderClient,
     ProviderError,
-    ProviderHttp,
     Throttled,
-    TokenCache,
     checked,
-    client_credentials_token,
     provider_refusal,
 )
 from station.customer.settings import GraphSettings
-from station.tls import client_tls_context
 
 SCOPE = "https://graph.microsoft.com/.default"
 MAX_DISPLAY_NAME = 30
@@ -199,29 +194,17 @@ class GraphClient(ProviderClient):
     def __init__(self, settings: GraphSettings, *, transport: httpx.BaseTransport | None = None, sleep=None) -> None:
         self._require(settings, ("tenant_id", "client_id"))
         self.settings = settings
-        secret = settings.secret()
-        self._login = httpx.Client(base_url=settings.login_url, timeout=settings.timeout, transport=transport,
-                                   verify=client_tls_context())
-
-        form = {"client_id": settings.client_id, "client_secret": secret, "scope": SCOPE,
+        form = {"client_id": settings.client_id, "client_secret": settings.secret(), "scope": SCOPE,
                 "grant_type": "client_credentials"}
-        self._closables = (self._login,)
         # Graph echoes our client-request-id and adds its own request-id ("Microsoft Graph
         # REST API: headers", response headers); the token endpoint puts correlation_id in its body.
-        correlation = Correlation(("request-id", "client-request-id"))
-        fetch = functools.partial(client_credentials_token, self._login, f"/{settings.tenant_id}/oauth2/v2.0/token",
-                                  form, who="the Microsoft identity platform", default_lifetime=3599,
-                                  correlation=correlation)
-        self.tokens = TokenCache(fetch)
-        extra = {"sleep": sleep} if sleep is not None else {}
-        self._http = ProviderHttp(
-            settings.url, name="Graph", timeout=settings.timeout, max_retries=settings.max_retries,
-            max_retry_wait=settings.max_retry_wait, tokens=self.tokens, transport=transport,
+        self._client_credentials(
+            settings, auth_base=settings.login_url, token_path=f"/{settings.tenant_id}/oauth2/v2.0/token", form=form,
+            who="the Microsoft identity platform", default_lifetime=3599, api_base=settings.url, name="Graph",
             throttled=lambda r, wait: GraphThrottled(
                 f"Graph is throttling this app (429); retry after {wait:g} s", status=429,
                 provider_code="TooManyRequests", retry_after=wait),
-            correlation=correlation, **extra,
-        )
+            correlation=Correlation(("request-id", "client-request-id")), transport=transport, sleep=sleep)
 
     def __repr__(self) -> str:
         return f"GraphClient({self.settings.url!r}, tenant {self.settings.tenant_id!r})"

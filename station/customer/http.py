@@ -7,6 +7,7 @@ Secrets (tokens, client secrets) never reach a repr, an exception message or a l
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -272,6 +273,24 @@ class ProviderClient:
         """The provider's id of the last call (its echoed request or correlation id), else the
         `client-request-id` we sent; None before any call."""
         return self._http.correlation.last
+
+    def _client_credentials(self, settings, *, auth_base: str, token_path: str, form: dict, who: str,
+                            api_base: str, name: str, throttled: Callable, correlation: Correlation,
+                            transport: httpx.BaseTransport | None, sleep=None,
+                            default_lifetime: float | None = None) -> None:
+        """The OAuth2 client-credentials wiring Graph and PingOne share: a token endpoint client
+        of its own (closed with this one), a TokenCache over it, and `_http` for the API."""
+        auth = httpx.Client(base_url=auth_base, timeout=settings.timeout, transport=transport,
+                            verify=client_tls_context())
+        self._closables = (auth,)
+        lifetime = {"default_lifetime": default_lifetime} if default_lifetime is not None else {}
+        self.tokens = TokenCache(functools.partial(client_credentials_token, auth, token_path, form, who=who,
+                                                   correlation=correlation, **lifetime))
+        extra = {"sleep": sleep} if sleep is not None else {}
+        self._http = ProviderHttp(
+            api_base, name=name, timeout=settings.timeout, max_retries=settings.max_retries,
+            max_retry_wait=settings.max_retry_wait, tokens=self.tokens, transport=transport,
+            throttled=throttled, correlation=correlation, **extra)
 
     @staticmethod
     def _require(settings, names: tuple[str, ...]) -> None:

@@ -24,7 +24,6 @@ allowed are used; 403 (a role the worker app lacks) becomes `PingOneForbidden`.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import uuid
 from typing import Any
@@ -38,15 +37,11 @@ from station.customer.http import (
     Forbidden,
     ProviderClient,
     ProviderError,
-    ProviderHttp,
     Throttled,
-    TokenCache,
     checked,
-    client_credentials_token,
     provider_refusal,
 )
 from station.customer.settings import CustomerConfigError, PingOneSettings
-from station.tls import client_tls_context
 
 ACTIVATE_CONTENT_TYPE = "application/vnd.pingidentity.device.activate+json"
 
@@ -219,27 +214,16 @@ class PingOneClient(ProviderClient):
         self._require(settings, ("environment_id", "client_id"))
         self.settings = settings
         env = settings.environment_id
-        secret = settings.secret()
-        self._auth = httpx.Client(base_url=settings.auth_base, timeout=settings.timeout, transport=transport,
-                                  verify=client_tls_context())
-
-        form = {"grant_type": "client_credentials", "client_id": settings.client_id, "client_secret": secret}
-        self._closables = (self._auth,)
+        form = {"grant_type": "client_credentials", "client_id": settings.client_id, "client_secret": settings.secret()}
         # PingOne answers every call with a Correlation-Id response header (ASSUMED from its
         # support articles: the platform's error id is in the body, `id`).
-        correlation = Correlation(("correlation-id",))
-        fetch = functools.partial(client_credentials_token, self._auth, f"/{env}/as/token", form,
-                                  who="PingOne's auth service", correlation=correlation)
-        self.tokens = TokenCache(fetch)
-        extra = {"sleep": sleep} if sleep is not None else {}
-        self._http = ProviderHttp(
-            settings.api_base, name="PingOne", timeout=settings.timeout, max_retries=settings.max_retries,
-            max_retry_wait=settings.max_retry_wait, tokens=self.tokens, transport=transport,
+        self._client_credentials(
+            settings, auth_base=settings.auth_base, token_path=f"/{env}/as/token", form=form,
+            who="PingOne's auth service", api_base=settings.api_base, name="PingOne",
             throttled=lambda r, wait: PingOneThrottled(
                 f"PingOne is limiting this worker app (429 REQUEST_LIMITED); retry after {wait:g} s",
                 status=429, provider_code="REQUEST_LIMITED", retry_after=wait),
-            correlation=correlation, **extra,
-        )
+            correlation=Correlation(("correlation-id",)), transport=transport, sleep=sleep)
         self._prefix = f"/v1/environments/{env}"
 
     def __repr__(self) -> str:
