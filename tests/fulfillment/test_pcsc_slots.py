@@ -149,3 +149,32 @@ def test_two_slots_on_two_readers_program_both_cards_and_exit_0(service, custome
     check_fulfilled(customer, shipment_id, items)
     fulfilled_on = {e["spec"] for e in technician.events if e["kind"] == "claimed"}
     assert fulfilled_on == {f"pcsc:{r}" for r in READERS}  # both readers worked, side by side
+
+
+def test_a_card_pulled_mid_item_on_one_reader_gives_the_item_back_while_the_other_reader_works(
+        service, customer, keystore, readers, tmp_path):
+    """Two slots on two readers; the first card of reader 00 00 leaves the field while its
+    makeCredential runs (its credential is written, no answer comes). The item goes back to the
+    queue, the technician is told to reset that card, and every item ships from a good card."""
+    jwks = customer.jwks("transport")
+    items = [seal_item(transport_jwks=jwks, options=[options("okta")]) for _ in range(3)]
+    shipment_id = post_each(customer, items)
+    faulty, other = READERS
+    readers.insert(faulty, fault="pull-during:makeCredential")
+    readers.insert(other)
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    process = subprocess.Popen(
+        station_cmd(service, keystore, tmp_path, service.token(Role.STATION, "floor-1"),
+                    "--device", "pcsc", "--slots", "2", "--until-empty"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    technician = Technician(process, readers, spare=3)
+    rc, stderr = finish(process, technician, timeout=150)
+    assert "Traceback" not in stderr, stderr
+    assert rc == 0, (stderr, technician.kinds())
+    faults = [e for e in technician.events if e["kind"] == "key_fault"]
+    assert len(faults) == 1, technician.events
+    assert faults[0]["spec"] == f"pcsc:{faulty}" and faults[0]["error_code"] == "device_error"
+    assert faults[0]["item_state"] == "queued" and faults[0]["key_touched"] is True  # back for another key
+    assert faults[0]["action"] == "reset" and "reset it" in faults[0]["message"]
+    assert technician.kinds().count("fulfilled") == 3, technician.events
+    check_fulfilled(customer, shipment_id, items)
